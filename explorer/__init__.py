@@ -1,0 +1,1 @@
+"""mnist-explorer internals: one job per module (config, data, optim, train, store, report, plots)."""
