@@ -1,0 +1,183 @@
+"""Report figures: per-run loss curves, per-category overlays, 2-axis heatmaps and LR sweeps. Small Agg PNGs drawn through
+the Figure API (no pyplot: no display, no global figure registry to leak), so regenerating hundreds of them stays quick."""
+from __future__ import annotations
+import math
+from pathlib import Path
+from typing import Sequence
+import matplotlib
+matplotlib.use("Agg")
+from matplotlib.figure import Figure
+import numpy as np
+
+DPI = 100
+MAX_POINTS = 1500  # curves are thinned to this many points before drawing: long runs would otherwise dominate the time
+LEGEND_MAX = 12
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def safe_path(root: Path, *parts: str) -> Path:
+  """root/parts, refusing anything that resolves outside root (names come from records, which can be hand-edited)."""
+  root = Path(root).resolve()
+  path = root.joinpath(*parts).resolve()
+  if path == root or not path.is_relative_to(root): raise ValueError(f"refusing to write {path}: outside {root}")
+  return path
+
+
+def _save(fig: Figure, path: Path) -> Path:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=DPI)
+  fig.clear()  # a pyplot-free Figure is freed once unreferenced; clearing drops the artists right away
+  return path
+
+
+def _array(values) -> np.ndarray:
+  """JSON lists may hold null (and NaN/inf from diverged runs): all of those become NaN."""
+  if not isinstance(values, (list, tuple)): return np.zeros(0)
+  return np.array([v if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan for v in values], dtype=float)
+
+
+def _xy(history: dict, xkey: str, ykey: str) -> tuple[np.ndarray, np.ndarray]:
+  x, y = _array(history.get(xkey)), _array(history.get(ykey))
+  n = min(len(x), len(y))
+  x, y = x[:n], y[:n]
+  ok = np.isfinite(x) & np.isfinite(y)
+  return x[ok], y[ok]
+
+
+def smooth(y: np.ndarray) -> np.ndarray:
+  """Light, debiased EMA over about 2% of the run: shows the trend without hiding spikes."""
+  if len(y) < 3: return y
+  beta = 1 - 2 / (max(1, len(y) // 50) + 1)
+  out, acc = np.empty_like(y), 0.0
+  for i, v in enumerate(y):
+    acc = beta * acc + (1 - beta) * v
+    out[i] = acc / (1 - beta ** (i + 1)) if beta > 0 else v
+  return out
+
+
+def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  if len(x) <= MAX_POINTS: return x, y
+  idx = np.unique(np.linspace(0, len(x) - 1, MAX_POINTS).astype(int))
+  return x[idx], y[idx]
+
+
+def _log_if_positive(ax, *ys: np.ndarray) -> None:
+  values = np.concatenate([y for y in ys if len(y)]) if any(len(y) for y in ys) else np.zeros(0)
+  if len(values) and (values > 0).all() and values.max() / values.min() > 5: ax.set_yscale("log")
+
+
+def _style(ax, title: str = "") -> None:
+  ax.grid(True, alpha=0.3, linewidth=0.5)
+  ax.tick_params(labelsize=7)
+  if title: ax.set_title(title, fontsize=8)
+
+
+def run_plot(record: dict, path: Path) -> Path:
+  """Train loss (raw, faint, and smoothed) with val loss, val accuracy, and the LR schedule of one run."""
+  history = record.get("history") if isinstance(record.get("history"), dict) else {}
+  fig = Figure(figsize=(8, 3))
+  grid = fig.add_gridspec(1, 3, width_ratios=(3, 2, 1.3), left=0.07, right=0.98, bottom=0.16, top=0.84, wspace=0.32)
+  ax_loss, ax_acc, ax_lr = (fig.add_subplot(grid[0, i]) for i in range(3))
+  steps, train = _xy(history, "step", "train_loss")
+  eval_steps, val_loss = _xy(history, "eval_step", "val_loss")
+  if len(train):
+    ax_loss.plot(*_thin(steps, train), color=COLORS[0], alpha=0.2, linewidth=0.6)
+    ax_loss.plot(*_thin(steps, smooth(train)), color=COLORS[0], linewidth=1.2, label="train (smoothed)")
+  if len(val_loss): ax_loss.plot(eval_steps, val_loss, "o-", color=COLORS[1], markersize=3, linewidth=1, label="val")
+  _log_if_positive(ax_loss, train, val_loss)
+  _style(ax_loss, "loss")
+  ax_loss.set_xlabel("step", fontsize=7)
+  if len(train) or len(val_loss): ax_loss.legend(fontsize=7)
+  acc_steps, val_acc = _xy(history, "eval_step", "val_acc")
+  if len(val_acc):
+    ax_acc.plot(acc_steps, 100 * val_acc, "o-", color=COLORS[2], markersize=3, linewidth=1)
+    ax_acc.annotate(f"{100 * val_acc[-1]:.2f}%", (acc_steps[-1], 100 * val_acc[-1]), fontsize=7, ha="right", va="bottom")
+  _style(ax_acc, "val accuracy (%)")
+  ax_acc.set_xlabel("step", fontsize=7)
+  lr_steps, lr = _xy(history, "step", "lr")
+  if len(lr): ax_lr.plot(*_thin(lr_steps, lr), color=COLORS[4], linewidth=1)
+  _style(ax_lr, "learning rate")
+  ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+  ax_lr.yaxis.get_offset_text().set_fontsize(6)
+  ax_lr.set_xlabel("step", fontsize=7)
+  status = record.get("status", "?")
+  if status != "done":
+    last = _array(history.get("step"))
+    if len(last): ax_loss.axvline(last[-1], color="red", linestyle="--", linewidth=0.8)
+  fig.suptitle(f"{record.get('model', '?')} · {record.get('name', '?')} · {status}", fontsize=9)
+  return _save(fig, path)
+
+
+def category_plot(runs: Sequence[tuple[str, dict]], path: Path, title: str) -> Path:
+  """Every run of a category overlaid: val accuracy and smoothed train loss. runs: (group, record); repeats share a colour."""
+  fig = Figure(figsize=(8, 3))
+  grid = fig.add_gridspec(1, 2, left=0.07, right=0.98, bottom=0.16, top=0.86, wspace=0.22)
+  ax_acc, ax_loss = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+  colours: dict[str, str] = {}
+  losses = []
+  for group, record in runs:
+    first = group not in colours
+    colour = colours.setdefault(group, COLORS[len(colours) % len(COLORS)])
+    history = record.get("history") if isinstance(record.get("history"), dict) else {}
+    label = group if first and len(colours) <= LEGEND_MAX else None
+    x, y = _xy(history, "eval_step", "val_acc")
+    if len(y): ax_acc.plot(x, 100 * y, "-", color=colour, linewidth=1, alpha=0.85, label=label)
+    x, y = _xy(history, "step", "train_loss")
+    if len(y):
+      ax_loss.plot(*_thin(x, smooth(y)), color=colour, linewidth=0.9, alpha=0.85)
+      losses.append(y)
+  _style(ax_acc, "val accuracy (%)")
+  _style(ax_loss, "train loss (smoothed)")
+  _log_if_positive(ax_loss, *losses)
+  for ax in (ax_acc, ax_loss): ax.set_xlabel("step", fontsize=7)
+  if ax_acc.get_legend_handles_labels()[0]:
+    extra = len(colours) - LEGEND_MAX
+    ax_acc.legend(fontsize=6, loc="lower right", title=f"+{extra} more" if extra > 0 else None, title_fontsize=6)
+  fig.suptitle(title, fontsize=9)
+  return _save(fig, path)
+
+
+def heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], row_axis: str, col_axis: str, path: Path,
+            title: str) -> Path:
+  """Mean val accuracy (%) of a 2-axis grid; NaN cells (nothing finished there) are left blank."""
+  fig = Figure(figsize=(min(8, 2.2 + 0.75 * len(cols)), min(6, 1.4 + 0.4 * len(rows))))
+  ax = fig.add_subplot(1, 1, 1)
+  masked = np.ma.masked_invalid(values)
+  image = ax.imshow(masked, cmap="viridis", aspect="auto")
+  ax.set_xticks(range(len(cols)), labels=list(cols), fontsize=7)
+  ax.set_yticks(range(len(rows)), labels=list(rows), fontsize=7)
+  ax.set_xlabel(col_axis, fontsize=8)
+  ax.set_ylabel(row_axis, fontsize=8)
+  finite = values[np.isfinite(values)]
+  middle = (finite.min() + finite.max()) / 2 if len(finite) else 0
+  for (i, j), v in np.ndenumerate(values):
+    if math.isfinite(v): ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if v > middle else "white")
+  colorbar = fig.colorbar(image, ax=ax)
+  colorbar.ax.tick_params(labelsize=7)
+  ax.set_title(title, fontsize=8)
+  fig.set_layout_engine("tight")
+  return _save(fig, path)
+
+
+def lr_plot(series: Sequence[tuple[str, Sequence[float], Sequence[float], Sequence[float]]], diverged: Sequence[float],
+            path: Path, title: str) -> Path:
+  """Mean val accuracy (%) against peak LR on a log axis; series: (label, lrs, means, stds); diverged LRs marked x."""
+  fig = Figure(figsize=(6, 3))
+  ax = fig.add_subplot(1, 1, 1)
+  fig.subplots_adjust(left=0.1, right=0.97, bottom=0.17, top=0.88)
+  lows = []
+  for k, (label, lrs, means, stds) in enumerate(series):
+    order = np.argsort(lrs)
+    x, y = np.asarray(lrs, float)[order], np.asarray(means, float)[order]
+    e = np.nan_to_num(np.asarray(stds, float)[order])
+    ax.errorbar(x, y, yerr=e, fmt="o-", color=COLORS[k % len(COLORS)], markersize=4, linewidth=1, capsize=2, label=label or None)
+    lows.extend(y)
+  if len(diverged):
+    bottom = min(lows) if lows else 0
+    ax.plot(diverged, [bottom] * len(diverged), "x", color="red", markersize=7, label="diverged / no result")
+  ax.set_xscale("log")
+  _style(ax, title)
+  ax.set_xlabel("peak learning rate (lr_max)", fontsize=8)
+  ax.set_ylabel("val accuracy (%)", fontsize=8)
+  if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=6)
+  return _save(fig, path)

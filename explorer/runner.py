@@ -1,0 +1,124 @@
+"""Runs a planned suite: claim each run, skip finished ones, train with live progress, store the record, build reports.
+Ctrl-C/SIGTERM: the interrupted run is recorded as interrupted, finished runs stay, reports are rebuilt, exit 130."""
+from __future__ import annotations
+import math, platform, socket, time, traceback
+from importlib.metadata import version
+from pathlib import Path
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from explorer.config import RunSpec, describe
+from explorer.data import load_dataset
+from explorer.errors import UserError
+from explorer import store
+
+
+def make_record(spec: RunSpec, suite: str, result: dict | None, status: str, error: str | None, started_at: str) -> dict:
+  result = result or {}
+  metric_keys = ("test_acc", "test_loss", "best_val_acc", "best_val_step", "final_val_acc", "final_val_loss", "final_train_loss",
+                 "train_acc", "train_eval_loss")
+  return {
+    "schema": store.SCHEMA, "suite": suite, "model": spec.config.model, "name": spec.name, "group": spec.group,
+    "category": spec.category, "description": spec.description, "axes": spec.axes, "config_hash": spec.config.hash(),
+    "capped_from": spec.capped_from, "config": spec.config.to_dict(), "status": status, "error": error,
+    "metrics": {k: result[k] for k in metric_keys if k in result}, "history": result.get("history", {}),
+    **{k: result.get(k) for k in ("params", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "steps_done", "device")},
+    "tinygrad_version": version("tinygrad"), "dataset": spec.config.dataset, "host": platform.node() or socket.gethostname(),
+    "started_at": started_at, "finished_at": store.now_iso(),
+  }
+
+
+def _pct(x) -> str: return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
+
+
+def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | None, rerun: bool, device: str,
+              console: Console) -> int:
+  from explorer.train import Trainer  # imports tinygrad: only once the inputs are known to be good
+  for path, info in store.stale_claims(results):
+    console.print(f"[yellow]stale claim[/] {path.name}: its explorer (pid {info.get('pid', '?')}) died; the run will be trained again")
+  datasets = {name: load_dataset(name, data_dir) for name in sorted({s.config.dataset for s in specs})}
+  for name, ds in datasets.items(): console.print(f"data: {name} from {ds.source} ({len(ds.x_train)} train, {len(ds.x_val)} val, {len(ds.x_test)} test)")
+  console.print(f"device: {device} · tinygrad {version('tinygrad')} · {len(specs)} runs · results in {results}/")
+  trainer = Trainer()
+  finished, skipped, failed, busy = [], 0, 0, 0
+  started_wall = time.perf_counter()
+  try:
+    for i, spec in enumerate(specs, 1):
+      cfg = spec.config
+      path = store.record_path(results, suite, cfg.dataset, cfg.model, spec.name)
+      if not rerun and store.is_complete(store.read_record(path), cfg.hash()):
+        skipped += 1
+        continue
+      claim = store.try_claim(path.parent, spec.name, cfg.hash())
+      if claim is None:
+        busy += 1
+        console.print(f"[dim]{spec.name}: another explorer is training it; skipped[/]")
+        continue
+      try:
+        # the other explorer may have finished it between our check and our claim
+        if not rerun and store.is_complete(store.read_record(path), cfg.hash()):
+          skipped += 1
+          continue
+        console.rule(f"[{i}/{len(specs)}] {cfg.model} · {spec.category} · {spec.name}")
+        if spec.description: console.print(spec.description)
+        capped = f" (steps capped from {spec.capped_from} by --max-steps)" if spec.capped_from else ""
+        console.print(describe(cfg) + capped, style="dim", markup=False, soft_wrap=True)
+        started_at = store.now_iso()
+        data = datasets[cfg.dataset]
+        try:
+          result = train_with_progress(trainer, spec, data, console)
+          status, error = result["status"], ("loss became NaN/inf: diverged" if result["status"] == "diverged" else None)
+        except KeyboardInterrupt:
+          store.save_record(path, make_record(spec, suite, None, "interrupted", "interrupted by Ctrl-C/SIGTERM", started_at))
+          raise
+        except (UserError, MemoryError): raise
+        except Exception as e:  # a crash inside one run is recorded and the suite goes on
+          result, status, error = None, "failed", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+          console.print(f"[red]failed:[/] {error}")
+          console.print(f"[dim]{traceback.format_exc(limit=3)}[/]")
+        record = make_record(spec, suite, result, status, error, started_at)
+        store.save_record(path, record)
+        finished.append(record)
+        failed += status == "failed"
+        m = record["metrics"]
+        colour = {"done": "green", "diverged": "yellow"}.get(status, "red")
+        console.print(f"[{colour}]{status}[/] val {_pct(m.get('best_val_acc'))} (best) · test {_pct(m.get('test_acc'))} · "
+                      f"{record['ms_per_step'] or 0:.1f} ms/step · compile {record['compile_s'] or 0:.1f}s · {record['wall_s'] or 0:.1f}s")
+      finally:
+        store.release(claim)
+  except KeyboardInterrupt:
+    rebuild_reports(results, console)
+    console.print(f"[red]interrupted[/] after {len(finished)} finished runs (kept in {results}/runs)")
+    raise
+  rebuild_reports(results, console)
+  console.print(f"{len(finished)} trained, {skipped} already finished (skipped; --rerun to train again)"
+                + (f", {busy} held by another explorer" if busy else "") + f" · {time.perf_counter() - started_wall:.1f}s")
+  if finished:
+    from explorer.report import summary_table
+    console.print(summary_table(finished))
+  if failed: console.print(f"[red]{failed} runs failed[/]: see their records and the report")
+  return 1 if failed else 0
+
+
+def train_with_progress(trainer, spec: RunSpec, data, console: Console) -> dict:
+  cfg = spec.config
+  columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
+             TextColumn("lr {task.fields[lr]}"), TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[val]}"),
+             TimeElapsedColumn(), TimeRemainingColumn())
+  with Progress(*columns, console=console, transient=True, refresh_per_second=4) as bar:
+    task = bar.add_task(spec.name, total=cfg.steps, lr="-", loss="-", val="-")
+
+    def progress(p: dict) -> None:
+      bar.update(task, completed=p["step"], lr=f"{p['lr']:.2e}", loss=f"{p['loss']:.4f}", val=_pct(p["val_acc"]))
+
+    return trainer.run(cfg, data, progress)
+
+
+def rebuild_reports(results: Path, console: Console) -> None:
+  from explorer.report import write_reports
+  try:
+    paths = write_reports(results)
+  except UserError: raise
+  except Exception as e:  # a report bug must not hide the stored runs
+    console.print(f"[red]report failed[/] ({type(e).__name__}: {e}); runs are safe in {results}/runs; retry with: python mnist_explorer.py report")
+    return
+  if paths: console.print(f"reports: {', '.join(str(p) for p in paths if str(p).endswith('.md'))}")

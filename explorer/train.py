@@ -1,0 +1,220 @@
+"""Training: one compiled (TinyJit) train step and eval step per model shape, reused by every run of that shape.
+Scalars (LR schedule, weight decay, momentum, seed, steps) live in device tensors that each run writes in place."""
+from __future__ import annotations
+import math, time
+from dataclasses import dataclass, field
+from typing import Callable
+import numpy as np
+from tinygrad import Device, Tensor, TinyJit, dtypes
+from tinygrad.helpers import Context
+from explorer.config import RunConfig
+from explorer.data import Dataset, normalization
+from explorer.optim import DEFAULTS as OPTIMIZER_DEFAULTS, Optimizer, make_optimizer
+from models import build_model, buffers, count_parameters, parameters, reset_model
+from models.augment import random_affine
+
+EVAL_BATCH = 1000
+TRAIN_EVAL_IMAGES = 10_000  # training images evaluated at the end, for the overfit gap
+SCHEDULE_WEIGHTS = {"cosine": (1, 0, 0), "constant": (0, 1, 0), "plateau": (0, 1, 0), "step": (0, 0, 1)}
+# the RunConfig keys each optimizer reads (its other hyperparameters, like RMSprop's alpha, keep their defaults)
+OPT_HYPER = {name: tuple(k for k in hyper if k in RunConfig.__dataclass_fields__) for name, hyper in OPTIMIZER_DEFAULTS.items()}
+
+
+def lr_at(cfg: RunConfig, t: int, scale: float = 1.0) -> float:
+  """The schedule in plain Python: the reference the in-graph version is tested against, and what reports plot."""
+  warm = (t + 1) / cfg.warmup if t < cfg.warmup else 1.0
+  progress = min(max((t - cfg.warmup) / max(cfg.steps - cfg.warmup, 1), 0.0), 1.0)
+  if cfg.schedule == "cosine": base = cfg.lr_min + (cfg.lr_max - cfg.lr_min) * 0.5 * (1 + math.cos(math.pi * progress))
+  elif cfg.schedule == "step": base = cfg.lr_max * cfg.lr_decay ** (t // decay_every(cfg))
+  else: base = cfg.lr_max
+  return warm * base * scale
+
+
+def decay_every(cfg: RunConfig) -> int: return cfg.decay_every or max(1, cfg.steps // 3)
+
+
+class Schedule:
+  """The LR as a function of a device step counter, so it changes every step without a recompile."""
+  def __init__(self):
+    names = ("lr_max", "lr_min", "warmup", "steps", "lr_decay", "decay_every", "w_cos", "w_const", "w_step", "scale", "t")
+    self.h = {n: Tensor.zeros(1, dtype=dtypes.float32).contiguous().realize() for n in names}
+
+  def set(self, cfg: RunConfig) -> None:
+    w_cos, w_const, w_step = SCHEDULE_WEIGHTS[cfg.schedule]
+    values = dict(lr_max=cfg.lr_max, lr_min=cfg.lr_min, warmup=cfg.warmup, steps=cfg.steps, lr_decay=cfg.lr_decay,
+                  decay_every=decay_every(cfg), w_cos=w_cos, w_const=w_const, w_step=w_step, scale=1.0, t=0.0)
+    for name, value in values.items(): self.set_value(name, value)
+
+  def set_value(self, name: str, value: float) -> None:
+    self.h[name].assign(Tensor([value], dtype=dtypes.float32, device=self.h[name].device)).realize()
+
+  def lr(self) -> Tensor:
+    """LR for the current step, then advances the counter (both inside the compiled step)."""
+    h, t = self.h, self.h["t"]
+    warm = (t < h["warmup"]).where((t + 1) / h["warmup"].maximum(1), 1.0)
+    progress = ((t - h["warmup"]) / (h["steps"] - h["warmup"]).maximum(1)).clip(0, 1)
+    cos = h["lr_min"] + (h["lr_max"] - h["lr_min"]) * 0.5 * (1 + (progress * math.pi).cos())
+    step = h["lr_max"] * h["lr_decay"].pow((t / h["decay_every"]).floor())
+    lr = warm * (h["w_cos"] * cos + h["w_const"] * h["lr_max"] + h["w_step"] * step) * h["scale"]
+    t.assign(t + 1)
+    return lr
+
+
+@dataclass
+class Compiled:
+  """Everything built once per shape: the model, its optimizer, the schedule and the two jitted functions."""
+  model: object
+  opt: Optimizer
+  schedule: Schedule
+  mean_std: Tensor
+  augment: Tensor  # [max rotation (rad), max zoom, max shift (px)]
+  train_step: Callable
+  eval_step: Callable
+  params: list[Tensor] = field(default_factory=list)
+
+
+class Trainer:
+  def __init__(self):
+    self.compiled: dict[tuple, Compiled] = {}
+    self.compile_count = 0  # how many train steps were built: the test of "compile once per shape"
+    self.device = Device.DEFAULT
+
+  def prepare(self, cfg: RunConfig) -> Compiled:
+    key = cfg.shape_key()
+    if key not in self.compiled:
+      self.compiled[key] = self._build(cfg)
+      self.compile_count += 1
+    return self.compiled[key]
+
+  def _build(self, cfg: RunConfig) -> Compiled:
+    model = build_model(cfg)
+    params = parameters(model)
+    opt = make_optimizer(cfg.opt, params, hidden_matrices=model.hidden_matrices())
+    schedule = Schedule()
+    mean_std = Tensor.zeros(2, dtype=dtypes.float32).contiguous().realize()
+    augment = Tensor.zeros(3, dtype=dtypes.float32).contiguous().realize()
+    state = buffers(model)
+
+    def normalize(x: Tensor) -> Tensor: return (x - mean_std[0]) / mean_std[1]
+
+    # a fresh TinyJit per shape: a TinyJit on a method would be shared by every model and replay the first one's kernels
+    @TinyJit
+    def train_step(x: Tensor, y: Tensor) -> Tensor:
+      with Context(TRAINING=1):
+        x = x.float() / 255.0
+        if cfg.augment: x = random_affine(x, model.rng, augment)
+        loss = model(normalize(x), training=True).sparse_categorical_crossentropy(y.cast(dtypes.int32))
+        opt.zero_grad()
+        for p, g in zip(params, loss.gradient(*params)): p.grad = g
+        updates = opt.step(schedule.lr())
+        Tensor.realize(loss, *updates, *state, schedule.h["t"])
+      return loss
+
+    @TinyJit
+    def eval_step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+      logits = model(normalize(x.float() / 255.0), training=False)
+      y = y.cast(dtypes.int32)
+      loss_sum = logits.sparse_categorical_crossentropy(y, reduction="sum")  # padding rows carry label -1: ignored
+      correct = (logits.argmax(axis=-1) == y).sum()
+      return loss_sum.realize(), correct.realize()
+
+    return Compiled(model, opt, schedule, mean_std, augment, train_step, eval_step, params)
+
+  def reset(self, c: Compiled, cfg: RunConfig) -> None:
+    """A fresh run on reused buffers: new weights for the seed, zeroed optimizer state, this run's scalars."""
+    reset_model(c.model, cfg.seed)
+    c.opt.reset()
+    c.opt.set_hyper(**{k: float(getattr(cfg, k)) for k in OPT_HYPER[cfg.opt]})
+    c.schedule.set(cfg)
+    mean, std = normalization(cfg.dataset)
+    c.mean_std.assign(Tensor([mean, std], dtype=dtypes.float32, device=c.mean_std.device)).realize()
+    c.augment.assign(Tensor([math.radians(cfg.rotate), cfg.scale, cfg.shift], dtype=dtypes.float32, device=c.augment.device)).realize()
+
+  def evaluate(self, c: Compiled, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Mean loss and accuracy over all of x in fixed-size batches (the last one padded, so one compiled shape)."""
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(x), EVAL_BATCH):
+      xb, yb = x[i:i + EVAL_BATCH], y[i:i + EVAL_BATCH].astype(np.int32)
+      if len(xb) < EVAL_BATCH:
+        pad = EVAL_BATCH - len(xb)
+        xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
+        yb = np.concatenate([yb, np.full(pad, -1, np.int32)])
+      batch_loss, batch_correct = c.eval_step(Tensor(xb, device=self.device), Tensor(yb, device=self.device))
+      loss_sum += batch_loss.item()
+      correct += int(batch_correct.item())
+    return loss_sum / len(x), correct / len(x)
+
+  def run(self, cfg: RunConfig, data: Dataset, progress: Callable[[dict], None] | None = None) -> dict:
+    """Train one configuration; returns its metrics and histories. A NaN/inf loss stops it as 'diverged'."""
+    t0 = time.perf_counter()
+    c = self.prepare(cfg)
+    self.reset(c, cfg)
+    setup_s = time.perf_counter() - t0
+    n_train = cfg.train_size or len(data.x_train)
+    x_train, y_train = data.x_train[:n_train], data.y_train[:n_train]
+    rng = np.random.default_rng(cfg.seed)
+    order, cursor = rng.permutation(len(x_train)), 0
+    history = {"step": [], "train_loss": [], "lr": [], "eval_step": [], "val_loss": [], "val_acc": []}
+    step_times, status, first_steps_s = [], "done", 0.0
+    best = {"val_acc": -1.0, "val_loss": math.inf, "step": 0}
+    plateau = {"best_loss": math.inf, "bad": 0, "scale": 1.0, "weights": None}
+    eval_s = 0.0
+    for step in range(cfg.steps):
+      if cursor + cfg.batch > len(order): order, cursor = rng.permutation(len(x_train)), 0  # a new epoch
+      idx = np.sort(order[cursor:cursor + cfg.batch])  # sorted: friendlier memory access, same batch
+      cursor += cfg.batch
+      ts = time.perf_counter()
+      loss = c.train_step(Tensor(x_train[idx], device=self.device), Tensor(y_train[idx], device=self.device)).item()
+      elapsed = time.perf_counter() - ts
+      if step < 2: first_steps_s += elapsed  # step 1 compiles kernels, step 2 captures the JIT
+      else: step_times.append(elapsed)
+      history["step"].append(step + 1)
+      history["train_loss"].append(loss)
+      history["lr"].append(lr_at(cfg, step, plateau["scale"]))
+      if not math.isfinite(loss):
+        status = "diverged"
+        break
+      if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.steps:
+        te = time.perf_counter()
+        val_loss, val_acc = self.evaluate(c, data.x_val, data.y_val)
+        eval_s += time.perf_counter() - te
+        history["eval_step"].append(step + 1)
+        history["val_loss"].append(val_loss)
+        history["val_acc"].append(val_acc)
+        if val_acc > best["val_acc"]: best = {"val_acc": val_acc, "val_loss": val_loss, "step": step + 1}
+        if cfg.schedule == "plateau": self._plateau(c, cfg, plateau, val_loss)
+        if not math.isfinite(val_loss):
+          status = "diverged"
+          break
+      if progress: progress({"step": step + 1, "steps": cfg.steps, "loss": loss, "lr": history["lr"][-1],
+                             "val_acc": history["val_acc"][-1] if history["val_acc"] else None})
+    if cfg.schedule == "plateau" and plateau["weights"] is not None: self._load_weights(c, plateau["weights"])
+    train_s = time.perf_counter() - t0
+    result = {"status": status, "history": history, "params": count_parameters(c.model), "device": self.device,
+              "setup_s": setup_s, "compile_s": first_steps_s, "eval_s": eval_s,
+              "ms_per_step": 1000 * float(np.median(step_times)) if step_times else None,
+              "steps_done": len(history["step"]), "best_val_acc": best["val_acc"] if best["val_acc"] >= 0 else None,
+              "best_val_step": best["step"], "final_val_acc": history["val_acc"][-1] if history["val_acc"] else None,
+              "final_val_loss": history["val_loss"][-1] if history["val_loss"] else None,
+              "final_train_loss": history["train_loss"][-1] if history["train_loss"] else None}
+    if status == "done":
+      result["test_loss"], result["test_acc"] = self.evaluate(c, data.x_test, data.y_test)
+      n = min(TRAIN_EVAL_IMAGES, len(x_train))
+      result["train_eval_loss"], result["train_acc"] = self.evaluate(c, x_train[:n], y_train[:n])
+    result["train_s"] = train_s
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+  def _plateau(self, c: Compiled, cfg: RunConfig, state: dict, val_loss: float) -> None:
+    """Plateau decay: keep the best weights; after `patience` evaluations without improvement, restore them and lower the LR."""
+    if val_loss < state["best_loss"] - 1e-4:
+      state.update(best_loss=val_loss, bad=0, weights=[p.numpy().copy() for p in c.params])
+      return
+    state["bad"] += 1
+    if state["bad"] >= cfg.patience:
+      state["bad"], state["scale"] = 0, state["scale"] * cfg.lr_decay
+      c.schedule.set_value("scale", state["scale"])
+      if state["weights"] is not None: self._load_weights(c, state["weights"])
+
+  def _load_weights(self, c: Compiled, weights: list[np.ndarray]) -> None:
+    for p, w in zip(c.params, weights): p.assign(Tensor(w, device=p.device)).realize()

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""mnist-explorer: hyperparameter studies of tinygrad MLPs and CNNs on MNIST-style data.
+
+  JIT=1 python mnist_explorer.py mlp                       every configuration of [mlp] in experiments.toml
+  python mnist_explorer.py cnn --category learning_rate   a subset (repeat --category for more)
+  STEPS=5000 BATCH=256 LR_MAX=1e-3 ACT=silu python mnist_explorer.py mlp   one-off: the baseline with these values
+  python mnist_explorer.py report                          rebuild the markdown and plots from stored runs
+"""
+from __future__ import annotations
+import argparse, os, platform, shutil, signal, sys, time
+from dataclasses import replace
+from pathlib import Path
+from explorer.config import KEYS, MODELS, RunSpec, describe, env_overrides, load_toml, one_off_spec, suite_specs, with_overrides
+from explorer.errors import UserError
+
+ROOT = Path(__file__).resolve().parent
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  keys = "\n".join(f"  {k.name.upper():12s} {k.help}" + (f" ({', '.join(k.choices)})" if k.choices else "") for k in KEYS)
+  p = argparse.ArgumentParser(
+    prog="mnist_explorer.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+    description="Train every configuration of an experiments file with tinygrad and write markdown tables and loss curves.",
+    epilog=f"Hyperparameter env vars (setting any of them runs ONE configuration: the model's baseline with them):\n{keys}\n"
+           "  aliases: BS=BATCH, LR=LR_MAX\n\ntinygrad's own variables keep their meaning: JIT=1, DEV=CPU|CUDA|METAL, BEAM=2, DEBUG=2.\n"
+           "Exit codes: 0 done, 1 some runs failed, 2 bad input (nothing trained), 130 interrupted (re-run to resume).")
+  p.add_argument("model", choices=[*MODELS, "all", "report"], help="which suite to run, or 'report' to rebuild reports only")
+  p.add_argument("--category", action="append", default=[], metavar="NAME", help="run only this category (repeatable)")
+  p.add_argument("--max-steps", type=int, metavar="N", help="cap every configuration's steps at N (a quick pass; reports say so)")
+  p.add_argument("--config", default=os.environ.get("EXPERIMENTS", str(ROOT / "experiments.toml")), metavar="FILE",
+                 help="experiments file (env EXPERIMENTS; default experiments.toml)")
+  p.add_argument("--results", default=os.environ.get("RESULTS_DIR", "results"), metavar="DIR", help="results folder (env RESULTS_DIR)")
+  p.add_argument("--data-dir", default=os.environ.get("DATA_DIR"), metavar="DIR", help="folder with the four IDX .gz files (env DATA_DIR)")
+  p.add_argument("--dataset", default=os.environ.get("DATASET"), choices=["mnist", "fashion"], help="dataset for every run (env DATASET)")
+  p.add_argument("--rerun", action="store_true", help="train again even configurations already finished")
+  p.add_argument("--list", action="store_true", help="print the resolved runs and exit without training")
+  try:
+    return p.parse_args(argv)
+  except SystemExit as e:
+    if e.code not in (0, None): raise SystemExit(2)  # argparse already printed its one-line error
+    raise
+
+
+def plan(args: argparse.Namespace) -> list[RunSpec]:
+  """Every run to train, fully resolved and checked before anything trains."""
+  doc = load_toml(args.config)
+  suite_models = list(MODELS) if args.model == "all" else [args.model]
+  overrides = env_overrides()
+  dataset = overrides.pop("dataset", None) or args.dataset  # DATASET is a suite-wide choice, not a one-off
+  if args.dataset: dataset = args.dataset
+  if args.max_steps is not None and args.max_steps < 1: raise UserError(f"--max-steps must be >= 1, got {args.max_steps}")
+  specs: list[RunSpec] = []
+  for model in suite_models:
+    if overrides:
+      if args.category: raise UserError("--category selects suite runs; it cannot be combined with hyperparameter env vars (a one-off)")
+      specs.append(one_off_spec(doc, model, args.config, overrides))
+      continue
+    model_specs = suite_specs(doc, model, args.config)
+    if args.category:
+      known = sorted({s.category for s in model_specs})
+      for c in args.category:
+        if c not in known: raise UserError(f"unknown category '{c}' for {model} in {args.config} (categories: {', '.join(known)})")
+      model_specs = [s for s in model_specs if s.category in args.category]
+    specs += model_specs
+  if dataset: specs = [replace(s, config=with_overrides(s.config, {"dataset": dataset}, "--dataset")) for s in specs]
+  if args.max_steps: specs = [cap_steps(s, args.max_steps) for s in specs]
+  return specs
+
+
+def cap_steps(spec: RunSpec, max_steps: int) -> RunSpec:
+  cfg = spec.config
+  if cfg.steps <= max_steps: return spec
+  capped = replace(cfg, steps=max_steps, warmup=min(cfg.warmup, max_steps // 10), decay_every=min(cfg.decay_every, max_steps),
+                   eval_every=min(cfg.eval_every, max_steps))
+  return replace(spec, config=capped, capped_from=cfg.steps)
+
+
+def check_backend() -> str:
+  """The tinygrad device, or one clear line on what to install."""
+  dev = os.environ.get("DEV", "")
+  if (dev in ("", "CPU") or dev.startswith("CPU")) and platform.system() == "Linux" and shutil.which("clang") is None:
+    raise UserError("tinygrad's CPU backend needs the clang compiler: install it with 'sudo apt-get install -y clang' (or run ./setup.sh)")
+  try:
+    from tinygrad import Device
+    return Device.DEFAULT
+  except Exception as e:  # tinygrad raises RuntimeError("no usable devices") and friends
+    hint = " (on macOS: xcode-select --install)" if platform.system() == "Darwin" else ""
+    raise UserError(f"tinygrad found no usable device{f' for DEV={dev}' if dev else ''}: {' '.join(str(e).split())}{hint}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  from rich.console import Console
+  console = Console(stderr=False, highlight=False)
+  results = Path(args.results)
+  if args.model == "report":
+    from explorer.report import write_reports
+    return report(results, console)
+  specs = plan(args)
+  if args.list:
+    for s in specs: print(f"{s.config.model} {s.category:16s} {s.name:28s} {describe(s.config)}")
+    return 0
+  device = check_backend()
+  from explorer.store import check_writable
+  check_writable(results)
+  from explorer.runner import run_suite
+  return run_suite(specs, suite=Path(args.config).stem, results=results, data_dir=args.data_dir, rerun=args.rerun,
+                   device=device, console=console)
+
+
+def report(results: Path, console) -> int:
+  from explorer.report import write_reports
+  from explorer.store import load_records
+  records, warnings = load_records(results)
+  for w in warnings: console.print(f"[yellow]warning:[/] {w}")
+  if not records: raise UserError(f"no run records under {results}/runs: train something first (python mnist_explorer.py mlp)")
+  for path in write_reports(results): console.print(f"wrote {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  # SIGTERM stops like Ctrl-C: finished runs are kept, the interrupted one is marked
+  signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+  try:
+    sys.exit(main())
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:
+    print("interrupted: re-run the same command to resume (finished runs are kept)", file=sys.stderr)
+    sys.exit(130)

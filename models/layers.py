@@ -1,0 +1,105 @@
+"""Small layers whose weights are re-initialized in place from a numpy seed, so one compiled step serves many runs."""
+from __future__ import annotations
+import math
+import numpy as np
+from tinygrad import Tensor, dtypes
+from tinygrad.helpers import ceildiv, prod
+
+
+def _param(*shape: int) -> Tensor:
+  # a realized buffer of its own: reset() assigns into it, so a TinyJit that captured it sees the new values
+  return Tensor.zeros(*shape, dtype=dtypes.float32).contiguous().realize()
+
+
+def _assign(t: Tensor, values: np.ndarray) -> None:
+  t.assign(Tensor(values.astype(np.float32), device=t.device)).realize()
+
+
+class Linear:
+  def __init__(self, n_in: int, n_out: int):
+    self.weight, self.bias = _param(n_out, n_in), _param(n_out)
+
+  def reset(self, rng: np.random.Generator) -> None:
+    # PyTorch's default: uniform(±1/sqrt(fan_in)) for weight and bias
+    bound = 1 / math.sqrt(self.weight.shape[1])
+    _assign(self.weight, rng.uniform(-bound, bound, self.weight.shape))
+    _assign(self.bias, rng.uniform(-bound, bound, self.bias.shape))
+
+  def __call__(self, x: Tensor) -> Tensor: return x.linear(self.weight.T, self.bias)
+
+
+class Conv2d:
+  def __init__(self, c_in: int, c_out: int, kernel: int):
+    self.weight, self.bias, self.padding = _param(c_out, c_in, kernel, kernel), _param(c_out), kernel // 2
+
+  def reset(self, rng: np.random.Generator) -> None:
+    bound = 1 / math.sqrt(prod(self.weight.shape[1:]))
+    _assign(self.weight, rng.uniform(-bound, bound, self.weight.shape))
+    _assign(self.bias, rng.uniform(-bound, bound, self.bias.shape))
+
+  def __call__(self, x: Tensor) -> Tensor: return x.conv2d(self.weight, self.bias, padding=self.padding)
+
+
+class Norm:
+  """Normalization over (N, C, H, W): batch (running stats for eval), layer, instance or group (8 groups or fewer)."""
+  def __init__(self, kind: str, channels: int, momentum: float = 0.1, eps: float = 1e-5):
+    self.kind, self.channels, self.momentum, self.eps = kind, channels, momentum, eps
+    self.weight, self.bias = _param(channels), _param(channels)
+    self.groups = math.gcd(channels, 8) if kind == "group" else 1
+    if kind == "batch": self.running_mean, self.running_var = _param(channels), _param(channels)
+
+  def reset(self, rng: np.random.Generator) -> None:
+    _assign(self.weight, np.ones(self.channels)); _assign(self.bias, np.zeros(self.channels))
+    if self.kind == "batch": _assign(self.running_mean, np.zeros(self.channels)); _assign(self.running_var, np.ones(self.channels))
+
+  def buffers(self) -> list[Tensor]: return [self.running_mean, self.running_var] if self.kind == "batch" else []
+
+  def __call__(self, x: Tensor, training: bool) -> Tensor:
+    n, c, h, w = x.shape
+    if self.kind == "batch":
+      if training:
+        mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3), correction=0)
+        # running stats are updated as a side effect of the compiled step (like nn.BatchNorm)
+        unbiased = var.detach() * (n * h * w / max(1, n * h * w - 1))
+        self.running_mean.assign((1 - self.momentum) * self.running_mean + self.momentum * mean.detach())
+        self.running_var.assign((1 - self.momentum) * self.running_var + self.momentum * unbiased)
+      else: mean, var = self.running_mean, self.running_var
+      y = (x - mean.reshape(1, c, 1, 1)) * (var.reshape(1, c, 1, 1) + self.eps).rsqrt()
+    else:
+      groups = {"layer": 1, "instance": c, "group": self.groups}[self.kind]
+      g = x.reshape(n, groups, -1)
+      y = ((g - g.mean(axis=-1, keepdim=True)) * (g.var(axis=-1, keepdim=True, correction=0) + self.eps).rsqrt()).reshape(n, c, h, w)
+    return y * self.weight.reshape(1, c, 1, 1) + self.bias.reshape(1, c, 1, 1)
+
+
+class Rng:
+  """Per-model random state on the device (threefry, as tinygrad's own rand). Reseeded in place, so dropout and
+  augmentation inside a compiled step follow each run's seed, and a reused step gives the numbers a fresh one would."""
+  def __init__(self):
+    self.key = Tensor.zeros(2, dtype=dtypes.uint32).contiguous().realize()
+    self.counter = Tensor.zeros(2, dtype=dtypes.uint32).contiguous().realize()
+
+  def reseed(self, seed: int) -> None:
+    self.key.assign(Tensor([seed & 0xFFFFFFFF, 0x9E3779B9], dtype=dtypes.uint32, device=self.key.device)).realize()
+    self.counter.assign(Tensor([0, 0], dtype=dtypes.uint32, device=self.key.device)).realize()
+
+  def rand(self, *shape: int) -> Tensor:
+    """uniform [0, 1) floats; advances the counter in the graph so each step draws new numbers."""
+    num = ceildiv(prod(shape) * 4, 4)
+    step = Tensor([num, 0], dtype=dtypes.uint32, device=self.key.device)
+    self.counter.assign(self.counter + step)
+    # like tinygrad's _next_counter: read back after the assign (the low word wraps after 2**32 draws)
+    return Tensor._rand(self.key, self.counter - step, shape, dtypes.float32)
+
+
+def dropout(x: Tensor, p: float, rng: Rng, training: bool, per_channel: bool = False) -> Tensor:
+  """Inverted dropout; per_channel drops whole feature maps (Dropout2D)."""
+  if not training or p == 0: return x
+  mask_shape = x.shape[:2] + (1,) * (x.ndim - 2) if per_channel else x.shape
+  keep = rng.rand(*mask_shape) >= p
+  return x * keep.cast(x.dtype) * (1 / (1 - p))
+
+
+def activation(name: str):
+  return {"relu": Tensor.relu, "silu": Tensor.silu, "gelu": Tensor.gelu, "tanh": Tensor.tanh, "sigmoid": Tensor.sigmoid,
+          "leakyrelu": Tensor.leaky_relu}[name]
