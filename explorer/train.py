@@ -163,8 +163,9 @@ class Trainer:
       if cursor + cfg.batch > len(order): order, cursor = rng.permutation(len(x_train)), 0  # a new epoch
       idx = np.sort(order[cursor:cursor + cfg.batch])  # sorted: friendlier memory access, same batch
       cursor += cfg.batch
+      xb = x_train[idx]
       ts = time.perf_counter()
-      loss = c.train_step(Tensor(x_train[idx], device=self.device), Tensor(y_train[idx], device=self.device)).item()
+      loss = c.train_step(Tensor(xb, device=self.device), Tensor(y_train[idx], device=self.device)).item()
       elapsed = time.perf_counter() - ts
       if step < 2: first_steps_s += elapsed  # step 1 compiles kernels, step 2 captures the JIT
       else: step_times.append(elapsed)
@@ -190,7 +191,7 @@ class Trainer:
                              "val_acc": history["val_acc"][-1] if history["val_acc"] else None})
     if cfg.schedule == "plateau" and plateau["weights"] is not None: self._load_weights(c, plateau["weights"])
     train_s = time.perf_counter() - t0
-    result = {"status": status, "history": history, "params": count_parameters(c.model), "device": self.device,
+    result = {"status": status, "history": history, "batch_shape": list(xb.shape), "params": count_parameters(c.model), "device": self.device,
               "setup_s": setup_s, "compile_s": first_steps_s, "eval_s": eval_s,
               "ms_per_step": 1000 * float(np.median(step_times)) if step_times else None,
               "steps_done": len(history["step"]), "best_val_acc": best["val_acc"] if best["val_acc"] >= 0 else None,

@@ -1,0 +1,614 @@
+"""Reports regenerated from the stored run records alone (no training, no tinygrad: fast and device-free).
+
+Per (suite, dataset) a folder (the results folder itself for experiments/mnist) with, per model, <model>.md (tables per
+category, mean ± std over repeats, a noise-aware verdict, per-axis swings, overfit and efficiency tables), <model>.csv
+(one row per run) and plots/<model>/*.png; comparison.md when several models share the folder; index.md at the top."""
+from __future__ import annotations
+import csv, json, math, statistics, sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+import numpy as np
+from tabulate import tabulate
+from explorer import plots
+from explorer.config import NAME_RE
+from explorer.store import load_records
+
+SCHEMA = 1
+STATUSES = ("done", "diverged", "interrupted", "failed")
+TARGETS = {"mlp": 0.95, "cnn": 0.98}  # test accuracy the best configuration should reach
+REQUIRED = {"schema": int, "suite": str, "model": str, "name": str, "group": str, "category": str, "status": str,
+            "config": dict, "metrics": dict}
+METRIC_KEYS = ("test_acc", "test_loss", "best_val_acc", "best_val_step", "final_val_acc", "final_val_loss", "final_train_loss",
+               "train_acc", "train_eval_loss")
+RUN_KEYS = ("params", "steps_done", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "device",
+            "tinygrad_version", "host", "started_at", "finished_at", "capped_from", "config_hash")
+MAX_HEATMAP_VALUES = 12  # more distinct values than this per axis: not a grid worth a heatmap
+MAX_LEVELS = 6  # a numeric axis with more distinct values (random search) is binned into quartiles for its swing
+VAL_NOTE = ("val acc = final validation accuracy (held-out training images; used to pick the best), test acc = test set; "
+            "mean ± sample std over the seeds that finished (n shown when > 1); diverged/failed/interrupted runs are excluded from means")
+
+
+# ---------- records ----------
+
+def check_record(record: Any) -> str | None:
+  """Why a record cannot be reported (None when it can): hand-edited or garbage records are skipped, never fatal."""
+  if not isinstance(record, dict): return "not a JSON object"
+  missing = [k for k in REQUIRED if k not in record]
+  if missing: return f"missing {', '.join(missing)}"
+  for key, kind in REQUIRED.items():
+    if not isinstance(record[key], kind) or isinstance(record[key], bool): return f"'{key}' is not a {kind.__name__}"
+  if record["schema"] != SCHEMA: return f"schema {record['schema']} (this version reads {SCHEMA})"
+  if record["status"] not in STATUSES: return f"unknown status {record['status']!r}"
+  dataset = record.get("dataset") or record["config"].get("dataset")
+  for key, value in (("suite", record["suite"]), ("model", record["model"]), ("name", record["name"]), ("group", record["group"]),
+                     ("category", record["category"]), ("dataset", dataset)):
+    # these become folder and file names: the same rule as config names, so nothing is written outside the report folder
+    if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value: return f"invalid {key} {value!r}"
+  for key in ("history", "axes"):
+    if record.get(key) is not None and not isinstance(record[key], dict): return f"'{key}' is not an object"
+  return None
+
+
+def normalize(record: dict) -> dict:
+  """A checked record with the optional keys filled in, so the report code needs no guards."""
+  r = dict(record)
+  r["dataset"] = r.get("dataset") or r["config"].get("dataset")
+  r["history"] = r.get("history") or {}
+  r["axes"] = r.get("axes") or {}
+  r["description"] = r.get("description") if isinstance(r.get("description"), str) else ""
+  return r
+
+
+def check_records(raw: list) -> tuple[list[dict], list[str]]:
+  """The records that can be reported (normalized), plus one warning per skipped one."""
+  records, warnings, seen = [], [], set()
+  for record in raw:
+    problem = check_record(record)
+    where = "/".join(str(record.get(k, "?")) for k in ("suite", "dataset", "model", "name")) if isinstance(record, dict) else "?"
+    if problem:
+      warnings.append(f"skipped record {where}: {problem}")
+      continue
+    r = normalize(record)
+    key = (r["suite"], r["dataset"], r["model"], r["name"])
+    if key in seen:
+      warnings.append(f"skipped record {where}: a second record with the same name")
+      continue
+    seen.add(key)
+    records.append(r)
+  return records, warnings
+
+
+def load_checked(results_dir: Path) -> tuple[list[dict], list[str]]:
+  """Stored records that can be reported, plus one warning per skipped file (the store's) or record (ours)."""
+  raw, warnings = load_records(Path(results_dir))
+  records, more = check_records(raw)
+  return records, warnings + more
+
+
+def num(x: Any) -> float | None:
+  """A finite number or None (JSON null, NaN, strings from hand edits)."""
+  if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x): return None
+  return float(x)
+
+
+def value(record: dict, key: str) -> float | None:
+  """A metric or timing of one run; val_acc is the final validation accuracy (best_val_acc if that is missing)."""
+  metrics = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
+  if key == "val_acc":
+    final = num(metrics.get("final_val_acc"))
+    return final if final is not None else num(metrics.get("best_val_acc"))
+  return num(metrics[key]) if key in metrics else num(record.get(key))
+
+
+# ---------- aggregation over repeats ----------
+
+@dataclass(frozen=True)
+class Stat:
+  mean: float | None
+  std: float | None  # sample std; None below two values
+  n: int
+
+
+def stat(values: Iterable[float | None]) -> Stat:
+  v = [x for x in values if x is not None]
+  if not v: return Stat(None, None, 0)
+  return Stat(statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else None, len(v))
+
+
+@dataclass
+class Group:
+  """One configuration: its repeats (seeds). Only finished ('done') runs enter the means."""
+  name: str
+  category: str
+  runs: list[dict] = field(default_factory=list)
+
+  @property
+  def first(self) -> dict: return self.runs[0]
+  @property
+  def config(self) -> dict: return self.first["config"]
+  @property
+  def axes(self) -> dict: return self.first["axes"]
+  @property
+  def description(self) -> str: return self.first["description"]
+  @property
+  def done(self) -> list[dict]: return [r for r in self.runs if r["status"] == "done"]
+
+  def stat(self, key: str) -> Stat: return stat(value(r, key) for r in self.done)
+
+  def status(self) -> str:
+    counts = Counter(r["status"] for r in self.runs)
+    if len(counts) == 1: return next(iter(counts))
+    return ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
+
+
+def make_groups(records: list[dict]) -> list[Group]:
+  """Groups in run order (earliest start first), repeats sorted by seed."""
+  groups: dict[str, Group] = {}
+  for r in sorted(records, key=lambda r: (str(r.get("started_at") or ""), r["name"])):
+    groups.setdefault(r["group"], Group(r["group"], r["category"])).runs.append(r)
+  for g in groups.values(): g.runs.sort(key=lambda r: (num(r["config"].get("seed")) or 0, r["name"]))
+  return list(groups.values())
+
+
+def by_category(groups: list[Group]) -> dict[str, list[Group]]:
+  out: dict[str, list[Group]] = {}
+  for g in groups: out.setdefault(g.category, []).append(g)
+  return out
+
+
+# ---------- formatting ----------
+
+def fmt_stat(s: Stat, scale: float = 1.0, digits: int = 2) -> str:
+  if s.mean is None: return "—"
+  text = f"{s.mean * scale:.{digits}f}"
+  if s.std is not None: text += f" ± {s.std * scale:.{digits}f}"
+  if s.n > 1: text += f" (n={s.n})"
+  return text
+
+
+def pct(s: Stat) -> str: return fmt_stat(s, 100, 2)
+
+
+def fmt_num(x: Any, digits: int = 2) -> str:
+  x = num(x)
+  return "—" if x is None else f"{x:.{digits}f}"
+
+
+def fmt_value(v: Any) -> str:
+  if isinstance(v, bool): return str(v).lower()
+  if isinstance(v, float): return f"{v:g}"
+  if isinstance(v, (list, tuple)): return "x".join(str(x) for x in v)
+  return str(v)
+
+
+def cell(text: Any) -> str:
+  """Markdown table cell: a pipe or newline in a description would break the table."""
+  return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def table(rows: list[list[Any]], headers: list[str]) -> str:
+  return tabulate([[cell(c) for c in row] for row in rows], headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def code(name: str) -> str: return f"`{name}`"
+
+
+# ---------- analysis ----------
+
+def within_noise(a: Stat, b: Stat) -> bool | None:
+  """True when two means differ by no more than the larger std; None without a noise estimate (a single seed)."""
+  if a.n < 2 or b.n < 2 or a.std is None or b.std is None or a.mean is None or b.mean is None: return None
+  return abs(a.mean - b.mean) <= max(a.std, b.std) + 1e-12  # <=, robust to float rounding of equal gaps
+
+
+def ranked(groups: list[Group]) -> list[Group]:
+  return sorted((g for g in groups if g.stat("val_acc").n), key=lambda g: -g.stat("val_acc").mean)
+
+
+def verdict(groups: list[Group]) -> tuple[Group | None, str]:
+  """The best configuration by mean val accuracy, or a statement that the top ones cannot be told apart."""
+  order = ranked(groups)
+  if not order: return None, "No configuration finished, so there is no best one."
+  top = order[0]
+  ts, test = top.stat("val_acc"), top.stat("test_acc")
+  desc = f"{code(top.name)}: val {pct(ts)}%, test {pct(test)}%"
+  if len(order) == 1:
+    note = "" if ts.n > 1 else " (single seed: no noise estimate)"
+    return top, f"**Best configuration:** {desc} — the only configuration that finished{note}."
+  runner = order[1]
+  rs = runner.stat("val_acc")
+  gap = 100 * (ts.mean - rs.mean)
+  noise = within_noise(ts, rs)
+  if noise is None:
+    return top, (f"**Best configuration:** {desc}; runner-up {code(runner.name)} is {gap:.2f} points behind "
+                 f"(single seed: no noise estimate — use repeats to tell whether that is real).")
+  if noise:
+    ties = [g for g in order if g is top or within_noise(ts, g.stat("val_acc"))]
+    names = ", ".join(f"{code(g.name)} ({pct(g.stat('val_acc'))}%)" for g in ties)
+    return top, (f"**No clear winner:** the top {len(ties)} configurations are indistinguishable within noise "
+                 f"(their mean val accuracies differ by no more than the larger std): {names}. "
+                 f"Highest mean: {code(top.name)} (test {pct(test)}%).")
+  return top, (f"**Best configuration:** {desc}; runner-up {code(runner.name)} is {gap:.2f} points behind, "
+               f"beyond noise (larger std {100 * max(ts.std, rs.std):.2f}).")
+
+
+def per_second(g: Group) -> float | None:
+  """Mean val accuracy (%) per second of training: how much accuracy a second of training buys."""
+  acc, secs = g.stat("val_acc").mean, g.stat("train_s").mean
+  return None if acc is None or not secs else 100 * acc / secs
+
+
+def pareto(groups: list[Group]) -> set[str]:
+  """Configurations no other one beats on both mean val accuracy and mean training time."""
+  points = [(g.name, g.stat("val_acc").mean, g.stat("train_s").mean) for g in groups]
+  points = [p for p in points if p[1] is not None and p[2] is not None]
+  return {n for n, a, t in points if not any(a2 >= a and t2 <= t and (a2 > a or t2 < t) for _, a2, t2 in points)}
+
+
+def _sort_key(v: Any) -> tuple:
+  if isinstance(v, (int, float)) and not isinstance(v, bool): return (0, float(v), "")
+  return (1, 0.0, fmt_value(v))
+
+
+def _hashable(v: Any) -> Any: return tuple(v) if isinstance(v, list) else v
+
+
+def axis_levels(values: list[Any]) -> dict[Any, str]:
+  """value → level label. Numbers with many distinct values (random search) are binned into quartiles."""
+  distinct = sorted({_hashable(v) for v in values}, key=_sort_key)
+  numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in distinct)
+  if not numeric or len(distinct) <= MAX_LEVELS: return {v: fmt_value(v) for v in distinct}
+  edges = np.quantile(np.array(distinct, float), [0, 0.25, 0.5, 0.75, 1])
+  out = {}
+  for v in distinct:
+    i = min(int(np.searchsorted(edges, v, side="right")) - 1, 3)
+    out[v] = f"{edges[i]:.3g}–{edges[i + 1]:.3g}"
+  return out
+
+
+@dataclass
+class Swing:
+  category: str
+  axis: str
+  swing: float  # best minus worst mean val accuracy across the axis's levels (fraction)
+  best: tuple[str, float]
+  worst: tuple[str, float]
+  levels: int
+  binned: bool
+
+
+def axis_swings(category: str, groups: list[Group]) -> list[Swing]:
+  """Per axis: mean val accuracy at each level averaged over the other axes (marginal means), best minus worst."""
+  out = []
+  for axis in sorted({a for g in groups for a in g.axes}):
+    members = [g for g in groups if axis in g.axes]
+    levels = axis_levels([g.axes[axis] for g in members])
+    means: dict[str, list[float]] = defaultdict(list)
+    for g in members:
+      s = g.stat("val_acc")
+      if s.n: means[levels[_hashable(g.axes[axis])]].append(s.mean)
+    if len(means) < 2: continue
+    marginal = {level: statistics.fmean(v) for level, v in means.items()}
+    best, worst = max(marginal.items(), key=lambda kv: kv[1]), min(marginal.items(), key=lambda kv: kv[1])
+    binned = len(set(levels.values())) < len(levels)
+    out.append(Swing(category, axis, best[1] - worst[1], best, worst, len(marginal), binned))
+  return sorted(out, key=lambda s: -s.swing)
+
+
+def grid_axes(groups: list[Group]) -> tuple[str, str] | None:
+  """The two axes of a 2-axis grid (every configuration varies the same two), else None."""
+  keys = {tuple(sorted(g.axes)) for g in groups}
+  if len(keys) != 1: return None
+  (axes,) = keys
+  if len(axes) != 2: return None
+  for a in axes:
+    if len({_hashable(g.axes[a]) for g in groups}) > MAX_HEATMAP_VALUES: return None
+  return axes
+
+
+# ---------- plots ----------
+
+class Plotter:
+  """Writes one report folder's figures and remembers the written paths; a failing plot is a warning, not a lost report."""
+  def __init__(self, folder: Path, model: str, warn: Callable[[str], None]):
+    self.folder, self.model, self.warn, self.written = folder, model, warn, []
+
+  def __call__(self, filename: str, draw: Callable[[Path], Path]) -> str | None:
+    """Draws into plots/<model>/<filename>; returns the markdown-relative path, or None when it could not be drawn."""
+    rel = f"plots/{self.model}/{filename}"
+    try:
+      path = plots.safe_path(self.folder, "plots", self.model, filename)
+      self.written.append(draw(path))
+      return rel
+    except Exception as e:  # one bad history must not cost the whole report
+      self.warn(f"plot {self.folder / rel} failed: {type(e).__name__}: {e}")
+      return None
+
+
+def heatmap_for(plot: Plotter, category: str, groups: list[Group], axes: tuple[str, str]) -> str | None:
+  row_axis, col_axis = axes
+  rows = sorted({_hashable(g.axes[row_axis]) for g in groups}, key=_sort_key)
+  cols = sorted({_hashable(g.axes[col_axis]) for g in groups}, key=_sort_key)
+  cells: dict[tuple, list[float]] = defaultdict(list)
+  for g in groups:
+    s = g.stat("val_acc")
+    if s.n: cells[(_hashable(g.axes[row_axis]), _hashable(g.axes[col_axis]))].append(100 * s.mean)
+  if not cells: return None
+  grid = np.full((len(rows), len(cols)), np.nan)
+  for (r, c), v in cells.items(): grid[rows.index(r), cols.index(c)] = statistics.fmean(v)
+  return plot(f"heatmap-{category}.png", lambda p: plots.heatmap(
+    grid, [fmt_value(v) for v in rows], [fmt_value(v) for v in cols], row_axis, col_axis, p, f"{category}: mean val accuracy (%)"))
+
+
+def lr_sweep_for(plot: Plotter, category: str, groups: list[Group]) -> str | None:
+  lrs = {num(g.config.get("lr_max")) for g in groups} - {None}
+  if len(lrs) < 2 or min(lrs) <= 0: return None
+  others = sorted({a for g in groups for a in g.axes if a not in ("lr_max", "lr")})
+  combos = {tuple(fmt_value(g.axes.get(a)) for a in others) for g in groups}
+  split = bool(others) and len(combos) <= 8  # one line per setting of the other axes, when there are few
+  series: dict[str, tuple[list, list, list]] = {}
+  diverged = []
+  for g in groups:
+    lr, s = num(g.config.get("lr_max")), g.stat("val_acc")
+    if lr is None: continue
+    if not s.n:
+      diverged.append(lr)
+      continue
+    label = ", ".join(f"{a}={fmt_value(g.axes.get(a))}" for a in others) if split else ""
+    xs, ys, es = series.setdefault(label, ([], [], []))
+    xs.append(lr)
+    ys.append(100 * s.mean)
+    es.append(100 * (s.std or 0.0))
+  if not series: return None
+  data = [(label, *v) for label, v in sorted(series.items())]
+  return plot(f"lr-{category}.png", lambda p: plots.lr_plot(data, diverged, p, f"{category}: val accuracy vs peak LR"))
+
+
+# ---------- one model's report ----------
+
+def label(model: str) -> str: return model.upper() if model in ("mlp", "cnn") else model
+
+
+def target_line(model: str, best: Group | None) -> str:
+  target = TARGETS.get(model)
+  if target is None: return ""
+  if best is None: return f"- **Target** (test ≥ {100 * target:.0f}%): not reached — no configuration finished."
+  test = best.stat("test_acc")
+  if test.mean is None: return f"- **Target** (test ≥ {100 * target:.0f}%): unknown — the best configuration has no test accuracy."
+  reached = test.mean >= target
+  return (f"- **Target** (test ≥ {100 * target:.0f}%): {'**reached**' if reached else '**not reached**'} by the best configuration "
+          f"{code(best.name)} (test {pct(test)}%).")
+
+
+def model_report(folder: Path, suite: str, dataset: str, model: str, records: list[dict], others: list[str],
+                 warn: Callable[[str], None]) -> tuple[str, list[Path], dict]:
+  """Markdown text, written plot paths and a summary (for index.md and comparison.md) of one model's runs."""
+  groups = make_groups(records)
+  categories = by_category(groups)
+  plot = Plotter(folder, model, warn)
+  devices = sorted({str(r.get("device")) for r in records if r.get("device")}) or ["unknown"]
+  versions = sorted({str(r.get("tinygrad_version")) for r in records if r.get("tinygrad_version")}) or ["unknown"]
+  best, verdict_text = verdict(groups)
+  lines = [f"# {label(model)} on {dataset} — suite `{suite}`", "",
+           f"{len(records)} runs ({len(groups)} configurations in {len(categories)} categories) · device {', '.join(devices)} · "
+           f"tinygrad {', '.join(versions)}", "", f"_{VAL_NOTE}._", ""]
+  capped = Counter((int(r["capped_from"]), r["config"].get("steps")) for r in records if num(r.get("capped_from")) is not None)
+  for (was, now), n in sorted(capped.items()):
+    lines += [f"> **Note:** steps capped from {was} to {now} for a quick pass ({n} run{'s' * (n != 1)}, --max-steps): "
+              "accuracies are lower than full runs would reach.", ""]
+
+  lines += ["## Summary", "", f"- {verdict_text}"]
+  efficient = max((g for g in groups if per_second(g) is not None), key=per_second, default=None)
+  if efficient is not None:
+    lines.append(f"- **Most val accuracy per training second:** {code(efficient.name)} — val {pct(efficient.stat('val_acc'))}% "
+                 f"in {fmt_stat(efficient.stat('train_s'))} s of training ({per_second(efficient):.2f} %/s).")
+  target = target_line(model, best)
+  if target: lines.append(target)
+  if TARGETS.get(model) is not None:
+    fast = [g for g in groups if (g.stat("test_acc").mean or 0) >= TARGETS[model] and g.stat("train_s").mean is not None]
+    if fast:
+      f = min(fast, key=lambda g: g.stat("train_s").mean)
+      lines.append(f"- **Fastest configuration reaching the target:** {code(f.name)} — test {pct(f.stat('test_acc'))}% "
+                   f"in {fmt_stat(f.stat('train_s'))} s of training.")
+  if others:
+    lines.append(f"- {label(model)} vs {', '.join(label(m) for m in others)}: see [comparison.md](comparison.md).")
+  lines.append("")
+
+  swings = [s for cat, gs in categories.items() for s in axis_swings(cat, gs)]
+  if swings:
+    lines += ["## Which hyperparameters mattered most", "",
+              "Swing = best minus worst mean val accuracy across an axis's values, each value averaged over the other axes "
+              "of its category (numeric axes with many values are binned into quartiles).", ""]
+    rows = [[i + 1, s.axis, s.category, f"{100 * s.swing:.2f}", f"{s.best[0]} ({100 * s.best[1]:.2f}%)",
+             f"{s.worst[0]} ({100 * s.worst[1]:.2f}%)", f"{s.levels}{' bins' if s.binned else ''}"] for i, s in enumerate(
+               sorted(swings, key=lambda s: -s.swing))]
+    lines += [table(rows, ["rank", "axis", "category", "swing (pts)", "best value (mean val)", "worst value (mean val)", "values"]), ""]
+
+  counter = 0
+  for category, gs in categories.items():
+    lines += [f"## Category: {category}", ""]
+    rows = []
+    for g in gs:
+      counter += 1
+      c = g.config
+      rows.append([counter, code(g.name), g.description, fmt_value(c.get("lr_max", "—")), fmt_value(c.get("batch", "—")),
+                   fmt_value(c.get("steps", "—")), fmt_value(c.get("opt", "—")), pct(g.stat("val_acc")), pct(g.stat("test_acc")),
+                   fmt_stat(g.stat("train_s")), g.status()])
+    lines += [table(rows, ["#", "configuration", "description", "LR", "batch", "steps", "optimizer", "val acc (%)", "test acc (%)",
+                           "time (s)", "status"]), ""]
+    if len(gs) > 1: lines += [verdict(gs)[1], ""]
+    cat_swings = axis_swings(category, gs)
+    if cat_swings:
+      lines += ["Swing per axis (pts): " + ", ".join(f"{s.axis} {100 * s.swing:.2f}" for s in cat_swings) + "", ""]
+    figures = [("runs overlaid", plot(f"category-{category}.png", lambda p, gs=gs: plots.category_plot(
+      [(g.name, r) for g in gs for r in g.runs], p, f"{label(model)} · {category}")))]
+    axes = grid_axes(gs)
+    if axes: figures.append((f"heatmap {axes[0]} × {axes[1]}", heatmap_for(plot, category, gs, axes)))
+    figures.append(("val accuracy vs learning rate", lr_sweep_for(plot, category, gs)))
+    lines += [f"![{category}: {alt}]({rel})" for alt, rel in figures if rel] + [""]
+    links = []
+    for g in gs:
+      for r in g.runs:
+        rel = plot(f"{r['name']}.png", lambda p, r=r: plots.run_plot(r, p))
+        if rel: links.append(f"[{r['name']}]({rel})")
+    if links: lines += ["Per-run curves: " + " · ".join(links), ""]
+
+  finished = [g for g in groups if g.done]
+  if finished:
+    lines += ["## Overfitting", "", "Gap = training accuracy (10,000 training images, after training) minus val accuracy; "
+              "means over finished repeats.", ""]
+    rows = []
+    for g in finished:
+      train, val = g.stat("train_acc").mean, g.stat("val_acc").mean
+      tl, vl = g.stat("train_eval_loss").mean, g.stat("final_val_loss").mean
+      rows.append([code(g.name), fmt_num(train and 100 * train), fmt_num(val and 100 * val),
+                   fmt_num(None if train is None or val is None else 100 * (train - val)),
+                   fmt_num(tl, 4), fmt_num(vl, 4), fmt_num(None if tl is None or vl is None else vl - tl, 4)])
+    lines += [table(rows, ["configuration", "train acc (%)", "val acc (%)", "gap (pts)", "train loss", "val loss",
+                           "val − train loss"]), ""]
+    front = pareto(finished)
+    lines += ["## Efficiency", "", "Means over finished repeats; ✓ = Pareto-optimal (no other configuration has both higher val "
+              "accuracy and shorter training time).", ""]
+    rows = [[code(g.name), fmt_num(g.stat("params").mean, 0), fmt_num(g.stat("ms_per_step").mean), fmt_num(g.stat("train_s").mean),
+             fmt_num(g.stat("val_acc").mean and 100 * g.stat("val_acc").mean), fmt_num(g.stat("test_acc").mean and 100 * g.stat("test_acc").mean),
+             fmt_num(per_second(g)), "✓" if g.name in front else ""] for g in finished]
+    lines += [table(rows, ["configuration", "params", "ms/step", "train time (s)", "val acc (%)", "test acc (%)",
+                           "val acc %/s", "Pareto"]), ""]
+
+  unfinished = [r for g in groups for r in g.runs if r["status"] != "done"]
+  if unfinished:
+    lines += ["## Runs that did not finish", "", "Listed for reference; they are excluded from every mean above.", ""]
+    for r in unfinished:
+      steps = f" at step {r.get('steps_done')}/{r['config'].get('steps', '?')}" if r.get("steps_done") is not None else ""
+      error = r.get("error")
+      lines.append(f"- {code(r['name'])} — {r['status']}{steps}" + (f": {cell(error)}" if error else ""))
+    lines.append("")
+  lines += ["## Files", "", f"- [{model}.csv]({model}.csv): one row per run (every config key, metric and timing).", ""]
+
+  summary = {"model": model, "runs": len(records), "configs": len(groups), "best": best,
+             "params": best.stat("params").mean if best else None, "ms_per_step": best.stat("ms_per_step").mean if best else None}
+  return "\n".join(lines), plot.written, summary
+
+
+def write_csv(path: Path, records: list[dict]) -> Path:
+  """One row per run: identity, every config key, every metric, timings; lists as JSON so pandas reads one cell."""
+  head = ["suite", "dataset", "model", "name", "group", "category", "description", "status", "error"]
+  config_keys = list(dict.fromkeys(k for r in records for k in r["config"] if k not in head))
+  metric_keys = list(dict.fromkeys([*METRIC_KEYS, *(k for r in records for k in r["metrics"])]))
+  columns = head + config_keys + [k for k in metric_keys if k not in config_keys] + [k for k in RUN_KEYS if k not in config_keys] + ["axes"]
+  def plain(v: Any) -> Any:
+    if v is None: return ""
+    if isinstance(v, (list, dict)): return json.dumps(v)
+    return v
+  rows = []
+  for r in sorted(records, key=lambda r: (str(r.get("started_at") or ""), r["name"])):
+    row = {k: plain(r.get(k)) for k in head + list(RUN_KEYS)}
+    row.update({k: plain(v) for k, v in r["config"].items() if k not in head})
+    row.update({k: plain(v) for k, v in r["metrics"].items() if k not in config_keys})
+    row["axes"] = json.dumps(r["axes"]) if r["axes"] else ""
+    rows.append(row)
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+  return path
+
+
+def comparison(suite: str, dataset: str, summaries: list[dict]) -> str:
+  rows = []
+  for s in summaries:
+    best = s["best"]
+    target = TARGETS.get(s["model"])
+    test = best.stat("test_acc") if best else Stat(None, None, 0)
+    reached = "—" if target is None or test.mean is None else ("yes" if test.mean >= target else "no")
+    rows.append([label(s["model"]), code(best.name) if best else "—", pct(best.stat("val_acc")) if best else "—", pct(test),
+                 fmt_num(s["params"], 0), fmt_num(s["ms_per_step"]), fmt_stat(best.stat("train_s")) if best else "—",
+                 f"{100 * target:.0f}%" if target else "—", reached, f"[{s['model']}.md]({s['model']}.md)"])
+  return "\n".join([f"# Model comparison on {dataset} — suite `{suite}`", "",
+                    "Each model's best configuration by mean val accuracy (see its report for whether it is a clear winner).", "",
+                    table(rows, ["model", "best configuration", "val acc (%)", "test acc (%)", "params", "ms/step", "train time (s)",
+                                 "target", "reached", "report"]), ""])
+
+
+def report_folder(results_dir: Path, suite: str, dataset: str) -> Path:
+  return results_dir if (suite, dataset) == ("experiments", "mnist") else results_dir / f"{suite}-{dataset}"
+
+
+def _stderr(message: str) -> None: print(f"warning: {message}", file=sys.stderr)
+
+
+def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None) -> list[Path]:
+  """Regenerate every report from the stored records; returns the written paths (markdown, CSV, PNG).
+  warn gets one line per record skipped by this module's checks and per failed plot (the store's own warnings for
+  unreadable files are not repeated: its caller prints them); all of them are also listed in index.md."""
+  results_dir = Path(results_dir)
+  warn = warn or _stderr
+  raw, warnings = load_records(results_dir)
+  records, problems = check_records(raw)
+  for w in problems: warn(w)
+  warnings += problems
+  def note(message: str) -> None:
+    warnings.append(message)
+    warn(message)
+  pairs: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+  for r in records: pairs[(r["suite"], r["dataset"])][r["model"]].append(r)
+  written: list[Path] = []
+  index_rows = []
+  for (suite, dataset), models in sorted(pairs.items()):
+    folder = report_folder(results_dir, suite, dataset)
+    folder.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    for model in sorted(models):
+      others = [m for m in sorted(models) if m != model]
+      text, pngs, summary = model_report(folder, suite, dataset, model, models[model], others, note)
+      md = plots.safe_path(folder, f"{model}.md")
+      md.write_text(text)
+      written += [md, write_csv(plots.safe_path(folder, f"{model}.csv"), models[model]), *pngs]
+      summaries.append(summary)
+      rel = md.relative_to(results_dir.resolve()).as_posix()
+      best = summary["best"]
+      index_rows.append([f"{suite} / {dataset}", f"[{label(model)}]({rel})", summary["runs"], summary["configs"],
+                         code(best.name) if best else "—", pct(best.stat("test_acc")) if best else "—"])
+    if len(summaries) > 1:
+      path = plots.safe_path(folder, "comparison.md")
+      path.write_text(comparison(suite, dataset, summaries))
+      written.append(path)
+      index_rows.append([f"{suite} / {dataset}", f"[comparison]({path.relative_to(results_dir.resolve()).as_posix()})", "", "", "", ""])
+  lines = ["# mnist-explorer results", "", "One report per suite, dataset and model (regenerate with `python mnist_explorer.py report`).", ""]
+  if index_rows:
+    lines += [table(index_rows, ["suite / dataset", "report", "runs", "configurations", "best configuration (val)", "test acc (%)"]), ""]
+  else:
+    lines += ["No run records yet.", ""]
+  if warnings:
+    lines += ["## Skipped records and warnings", ""] + [f"- {cell(w)}" for w in warnings] + [""]
+  if records or warnings:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    index = results_dir / "index.md"
+    index.write_text("\n".join(lines))
+    written.append(index)
+  return written
+
+
+# ---------- terminal summary ----------
+
+def summary_table(records: list[dict]):
+  """A rich table of runs (name, category, val acc, test acc, ms/step, time, status) for the terminal."""
+  from rich.table import Table
+  records = [r for r in records if isinstance(r, dict)]
+  several = len({(r.get("suite"), r.get("dataset"), r.get("model")) for r in records}) > 1
+  t = Table(title=f"{len(records)} runs", title_style="bold")
+  if several: t.add_column("model")
+  for name in ("name", "category"): t.add_column(name)
+  for name in ("val acc", "test acc", "ms/step", "time (s)"): t.add_column(name, justify="right")
+  t.add_column("status")
+  styles = {"done": "green", "diverged": "yellow", "interrupted": "yellow", "failed": "red"}
+  for r in records:
+    val, test = value(r, "val_acc"), value(r, "test_acc")
+    status = str(r.get("status", "?"))
+    row = [str(r.get("name", "?")), str(r.get("category", "")), "—" if val is None else f"{100 * val:.2f}%",
+           "—" if test is None else f"{100 * test:.2f}%", fmt_num(r.get("ms_per_step"), 1), fmt_num(r.get("train_s"), 1),
+           f"[{styles.get(status, 'red')}]{status}[/]"]
+    t.add_row(*([str(r.get("model", "?"))] if several else []), *row)
+  return t

@@ -1,0 +1,256 @@
+import csv, json, math, re
+from pathlib import Path
+import numpy as np
+import pytest
+from explorer import report
+from explorer.report import Stat, axis_swings, make_groups, stat, summary_table, verdict, within_noise, write_reports
+
+PNG = b"\x89PNG\r\n\x1a\n"
+CONFIG = {"model": "mlp", "steps": 100, "batch": 128, "lr_max": 0.001, "lr_min": 0.0, "warmup": 0, "schedule": "cosine",
+          "lr_decay": 0.1, "decay_every": 0, "patience": 3, "opt": "adamw", "momentum": 0.9, "nesterov": False, "wd": 0.0,
+          "beta1": 0.9, "beta2": 0.999, "act": "relu", "width": 512, "depth": 2, "width1": 0, "width2": 0, "width3": 0,
+          "dropout": 0.0, "channels": [32, 64], "kernel": 3, "pool": "max", "norm": "none", "batchnorm": False, "augment": False,
+          "rotate": 10.0, "scale": 0.1, "shift": 2.0, "train_size": 0, "eval_every": 0, "seed": 0, "dataset": "mnist"}
+
+
+def make_record(name, group, category, val, test=None, status="done", model="mlp", suite="experiments", dataset="mnist",
+                axes=None, seed=0, steps=100, capped_from=None, error=None, train_s=4.0, description="", order=0, **config):
+  """A realistic record: a decaying noisy loss curve that ends near the given accuracies."""
+  rng = np.random.default_rng(seed + 17 * order)
+  cfg = {**CONFIG, "model": model, "dataset": dataset, "seed": seed, "steps": steps, **config}
+  done_steps = steps if status == "done" else steps // 2
+  step = list(range(1, done_steps + 1))
+  loss = [float(2.3 * math.exp(-s / 20) + 0.1 + 0.05 * rng.random()) for s in step]
+  if status == "diverged": loss[-1] = float("nan")
+  eval_step = [s for s in step if s % 10 == 0]
+  val_acc = [float(val * (1 - math.exp(-s / 15))) for s in eval_step]
+  done = status == "done"
+  metrics = {"best_val_acc": val, "best_val_step": done_steps, "final_val_acc": val, "final_val_loss": 0.1 + (1 - val),
+             "final_train_loss": loss[-1]}
+  if done: metrics.update(test_acc=test if test is not None else val - 0.002, test_loss=0.12, train_acc=min(1.0, val + 0.01),
+                          train_eval_loss=0.08)
+  return {"schema": 1, "suite": suite, "model": model, "name": name, "group": group, "category": category,
+          "description": description, "axes": axes or {}, "config_hash": f"{order:016x}", "capped_from": capped_from,
+          "config": cfg, "status": status, "error": error, "metrics": metrics,
+          "history": {"step": step, "train_loss": loss, "lr": [cfg["lr_max"] * 0.5 * (1 + math.cos(math.pi * s / steps)) for s in step],
+                      "eval_step": eval_step, "val_loss": [0.1 + 1 - a for a in val_acc], "val_acc": val_acc},
+          "params": 669706 if model == "mlp" else 421642, "wall_s": train_s + 0.5, "train_s": train_s, "compile_s": 1.2,
+          "setup_s": 0.1, "eval_s": 0.3, "ms_per_step": 1000 * train_s / steps, "steps_done": done_steps, "device": "CPU",
+          "tinygrad_version": "0.14.0", "dataset": dataset, "started_at": f"2026-11-23T10:{order // 60:02d}:{order % 60:02d}+00:00",
+          "finished_at": "2026-11-23T11:00:00+00:00"}
+
+
+def repeats(group, category, vals, tests=None, **kw):
+  return [make_record(f"{group}-r{i}", group, category, v, (tests or [None] * len(vals))[i], seed=i, **kw) for i, v in enumerate(vals)]
+
+
+GRID_LRS, GRID_BATCHES = (1e-4, 1e-3, 1e-2), (64, 256)
+
+
+def grid_acc(lr, batch):  # the LR matters a lot (about 8 points), the batch size a little (0.4 points)
+  return {1e-4: 0.90, 1e-3: 0.97, 1e-2: 0.95}[lr] + (0.004 if batch == 64 else 0.0)
+
+
+def suite_records():
+  recs = []
+  recs += repeats("baseline", "baseline", [0.9700, 0.9720, 0.9740], [0.968, 0.970, 0.975], description="the | default")
+  recs += repeats("close-a", "noise", [0.950, 0.960], lr_max=0.002)
+  recs += repeats("close-b", "noise", [0.952, 0.954], lr_max=0.003)
+  recs += repeats("fast", "clear", [0.980, 0.981], train_s=2.0)
+  recs.append(make_record("fast-r2", "fast", "clear", 0.098, status="diverged", seed=2, error="loss became nan at step 50"))
+  recs += repeats("slow", "clear", [0.900, 0.901], train_s=8.0)
+  recs.append(make_record("lr-huge", "lr-huge", "clear", 0.1, status="failed", lr_max=5.0, error="RuntimeError: out of memory"))
+  for lr in GRID_LRS:
+    for b in GRID_BATCHES:
+      name = f"grid-lr_max={lr:g}-batch={b}"
+      recs.append(make_record(name, name, "grid", grid_acc(lr, b), axes={"lr_max": lr, "batch": b}, lr_max=lr, batch=b,
+                              steps=50, capped_from=1000))
+  recs += repeats("cnn-base", "baseline", [0.985, 0.987], model="cnn", train_s=10.0)
+  recs.append(make_record("quick", "quick", "baseline", 0.85, suite="quick", dataset="fashion"))
+  for i, r in enumerate(recs): r["started_at"] = f"2026-11-23T10:{i // 60:02d}:{i % 60:02d}+00:00"
+  return recs
+
+
+def write_records(results: Path, recs):
+  for r in recs:
+    path = results / "runs" / r["suite"] / r["dataset"] / r["model"] / f"{r['name']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(r))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  results = tmp_path_factory.mktemp("results")
+  recs = suite_records()
+  write_records(results, recs)
+  folder = results / "runs" / "experiments" / "mnist" / "mlp"
+  (folder / "garbage.json").write_text("{not json at all")
+  no_metrics = make_record("no-metrics", "no-metrics", "baseline", 0.9)
+  del no_metrics["metrics"]
+  (folder / "no-metrics.json").write_text(json.dumps(no_metrics))
+  no_status = make_record("no-status", "no-status", "baseline", 0.9)
+  del no_status["status"]
+  (folder / "no-status.json").write_text(json.dumps(no_status))
+  warnings = []
+  paths = write_reports(results, warn=warnings.append)
+  return results, recs, paths, warnings
+
+
+def section(md: str, title: str) -> str:
+  start = md.index(f"## {title}")
+  end = md.find("\n## ", start + 1)
+  return md[start:] if end < 0 else md[start:end]
+
+
+def test_category_tables_and_mean_std(built):
+  results, _, paths, _ = built
+  md = (results / "mlp.md").read_text()
+  assert md.startswith("# MLP on mnist — suite `experiments`")
+  assert "device CPU" in md and "tinygrad 0.14.0" in md
+  for category in ("baseline", "noise", "clear", "grid"): assert f"## Category: {category}" in md
+  base = section(md, "Category: baseline")
+  # val [97.0, 97.2, 97.4]: mean 97.20, sample std 0.20; test [96.8, 97.0, 97.5]: mean 97.10, std sqrt(0.13) = 0.36
+  assert "97.20 ± 0.20 (n=3)" in base
+  assert "97.10 ± 0.36 (n=3)" in base
+  assert "the \\| default" in base  # a pipe in a description must not break the table
+  header = next(line for line in base.splitlines() if line.startswith("| #"))
+  for col in ("configuration", "description", "LR", "batch", "steps", "optimizer", "val acc", "test acc", "time (s)", "status"):
+    assert col in header
+  assert results / "mlp.md" in paths and results / "cnn.md" in paths
+
+
+def test_within_noise_rule(built):
+  md = (built[0] / "mlp.md").read_text()
+  noise = section(md, "Category: noise")  # 95.50 ± 0.71 vs 95.30 ± 0.14: difference 0.20 <= 0.71
+  assert "indistinguishable" in noise and "**Best configuration:**" not in noise
+  clear = section(md, "Category: clear")  # 98.05 ± 0.07 vs 90.05 ± 0.07
+  assert "**Best configuration:** `fast`" in clear and "indistinguishable" not in clear
+
+  def group(vals):
+    return make_groups([make_record(f"g{i}-r{j}", f"g{i}", "c", v, seed=j, order=10 * i + j) for i, vs in enumerate(vals) for j, v in enumerate(vs)])
+  best, text = verdict(group([[0.95, 0.96], [0.952, 0.954]]))
+  assert best.name == "g0" and "No clear winner" in text
+  best, text = verdict(group([[0.90, 0.901], [0.98, 0.981]]))
+  assert best.name == "g1" and "**Best configuration:** `g1`" in text and "beyond noise" in text
+  best, text = verdict(group([[0.97], [0.96]]))
+  assert best.name == "g0" and "single seed: no noise estimate" in text
+  assert within_noise(Stat(0.95, 0.01, 2), Stat(0.94, 0.005, 3)) is True
+  assert within_noise(Stat(0.95, 0.001, 2), Stat(0.94, 0.005, 3)) is False
+  assert within_noise(Stat(0.95, None, 1), Stat(0.94, 0.005, 3)) is None
+
+
+def test_overall_best_and_target(built):
+  md = (built[0] / "mlp.md").read_text()
+  summary = section(md, "Summary")
+  assert "`fast`" in summary.splitlines()[2]  # best overall by mean val (98.05), clearly ahead of grid's 97.40 single seeds
+  assert "**reached**" in summary  # fast: test 97.85 >= 95
+  assert "Most val accuracy per training second:** `fast`" in summary
+  cnn = (built[0] / "cnn.md").read_text()
+  assert "**Target** (test ≥ 98%): **reached**" in cnn  # 98.5/98.7 val, test 0.2 below: 98.40 mean
+
+
+def test_swing_ranking(built):
+  md = (built[0] / "mlp.md").read_text()
+  ranking = section(md, "Which hyperparameters mattered most")
+  rows = [line for line in ranking.splitlines() if re.match(r"\|\s*\d", line)]
+  assert [r.split("|")[2].strip() for r in rows] == ["lr_max", "batch"]
+  grid = [g for g in make_groups(report.check_records(suite_records())[0]) if g.category == "grid"]
+  swings = axis_swings("grid", grid)
+  assert [s.axis for s in swings] == ["lr_max", "batch"]
+  # lr marginals: 0.902, 0.972, 0.952 → 7.0 points; batch: 64 → 0.944, 256 → 0.940 → 0.4 points
+  assert swings[0].swing == pytest.approx(0.07) and swings[0].best[0] == "0.001" and swings[0].worst[0] == "0.0001"
+  assert swings[1].swing == pytest.approx(0.004) and swings[1].best[0] == "64"
+
+
+def test_plots_are_pngs(built):
+  results, recs, paths, _ = built
+  plots_dir = results / "plots" / "mlp"
+  expected = ["heatmap-grid.png", "lr-grid.png", "lr-noise.png", "category-grid.png", "category-baseline.png", "baseline-r0.png",
+              "fast-r2.png", "grid-lr_max=0.001-batch=64.png"]
+  for name in expected:
+    path = plots_dir / name
+    assert path.read_bytes()[:8] == PNG, name
+    assert path in paths
+  assert not (plots_dir / "heatmap-noise.png").exists()  # not a 2-axis grid
+  md = (results / "mlp.md").read_text()
+  assert "](plots/mlp/heatmap-grid.png)" in md and "](plots/mlp/baseline-r0.png)" in md
+  for link in re.findall(r"\]\((plots/[^)]+)\)", md): assert (results / link).exists(), link
+  assert (results / "quick-fashion" / "plots" / "mlp" / "quick.png").read_bytes()[:8] == PNG
+  import matplotlib.image
+  assert matplotlib.image.imread(plots_dir / "heatmap-grid.png").ndim == 3
+
+
+def test_csv(built):
+  results, recs, _, _ = built
+  with open(results / "mlp.csv", newline="") as f: rows = list(csv.DictReader(f))
+  mlp = [r for r in recs if r["suite"] == "experiments" and r["model"] == "mlp"]
+  assert len(rows) == len(mlp)
+  for key in CONFIG: assert key in rows[0]
+  for key in ("test_acc", "final_val_acc", "status", "train_s", "ms_per_step", "group", "category"): assert key in rows[0]
+  row = next(r for r in rows if r["name"] == "baseline-r1")
+  assert float(row["final_val_acc"]) == pytest.approx(0.972) and row["channels"] == "[32, 64]" and row["status"] == "done"
+  with open(results / "quick-fashion" / "mlp.csv", newline="") as f: assert len(list(csv.DictReader(f))) == 1
+
+
+def test_bad_records_are_skipped_with_warnings(built):
+  results, _, _, warnings = built
+  assert any("no-metrics" in w and "metrics" in w for w in warnings)
+  index = (results / "index.md").read_text()
+  assert "garbage.json" in index and "no-status" in index and "no-metrics" in index
+  md = (results / "mlp.md").read_text()
+  assert "no-metrics" not in md and "no-status" not in md
+
+
+def test_unfinished_runs_listed_and_excluded(built):
+  md = (built[0] / "mlp.md").read_text()
+  clear = section(md, "Category: clear")
+  assert "98.05 ± 0.07 (n=2)" in clear  # the diverged fast-r2 (val 9.8%) is not in the mean
+  assert "2 done, 1 diverged" in clear and "failed" in clear
+  unfinished = section(md, "Runs that did not finish")
+  assert "`fast-r2` — diverged at step 50/100: loss became nan at step 50" in unfinished
+  assert "`lr-huge` — failed" in unfinished and "RuntimeError: out of memory" in unfinished
+
+
+def test_capped_note_index_and_comparison(built):
+  results, _, paths, _ = built
+  md = (results / "mlp.md").read_text()
+  assert "steps capped from 1000 to 50 for a quick pass (6 runs" in md
+  assert "capped" not in (results / "cnn.md").read_text()
+  index = (results / "index.md").read_text()
+  for link in ("(mlp.md)", "(cnn.md)", "(comparison.md)", "(quick-fashion/mlp.md)"): assert link in index
+  assert "98.40 ± 0.14 (n=2)" in index  # the CNN's best test accuracy
+  comparison = (results / "comparison.md").read_text()
+  assert "| MLP" in comparison and "| CNN" in comparison and "669706" in comparison
+  assert "[comparison.md](comparison.md)" in md
+  assert not (results / "quick-fashion" / "comparison.md").exists()
+  assert (results / "quick-fashion" / "mlp.md").read_text().startswith("# MLP on fashion — suite `quick`")
+
+
+def test_regenerate_and_empty(tmp_path):
+  assert write_reports(tmp_path) == []
+  write_records(tmp_path, [make_record("solo", "solo", "baseline", 0.96)])
+  first = write_reports(tmp_path, warn=lambda w: pytest.fail(w))
+  assert write_reports(tmp_path) == first  # regenerating rewrites the same files
+  assert "single seed: no noise estimate" in (tmp_path / "mlp.md").read_text()
+
+
+def test_hostile_names_never_leave_the_folder(tmp_path):
+  bad = make_record("../../escape", "../../escape", "baseline", 0.9)
+  path = tmp_path / "runs" / "experiments" / "mnist" / "mlp" / "escape.json"
+  path.parent.mkdir(parents=True)
+  path.write_text(json.dumps(bad))
+  warnings = []
+  write_reports(tmp_path, warn=warnings.append)
+  assert any("invalid name" in w for w in warnings)
+  assert not (tmp_path.parent / "escape.png").exists()
+  with pytest.raises(ValueError): report.plots.safe_path(tmp_path, "plots", "..", "..", "x.png")
+
+
+def test_summary_table(built):
+  from rich.console import Console
+  recs = suite_records()
+  console = Console(record=True, width=200)
+  console.print(summary_table(recs))
+  text = console.export_text()
+  assert "baseline-r0" in text and "97.00%" in text and "diverged" in text and "cnn" in text
+  assert stat([0.97, 0.972, 0.974]).std == pytest.approx(0.002)

@@ -1,0 +1,185 @@
+"""Training: schedule values, model shapes, every hyperparameter takes effect, compile-once reuse gives the same
+numbers as a fresh compile, divergence, plateau decay, augmentation, normalization layers, a real MNIST run."""
+import math
+import numpy as np
+import pytest
+from tinygrad import Tensor
+from explorer.config import KEYS, make_config, with_overrides
+from explorer.train import Schedule, Trainer, lr_at
+from models import build_model, count_parameters, reset_model
+from models.augment import random_affine
+from models.layers import Norm, Rng
+
+TINY_MLP = {"width": 32, "steps": 4, "batch": 16, "eval_every": 2}
+TINY_CNN = {"channels": [4, 8], "width": 16, "steps": 3, "batch": 8, "eval_every": 3}
+
+
+def fingerprint(result: dict) -> tuple:
+  h = result["history"]
+  return (result["steps_done"], tuple(np.round(h["train_loss"], 6)), tuple(np.round(h["lr"], 9)), tuple(h["eval_step"]),
+          tuple(np.round(h["val_loss"], 6)), result.get("test_acc"), result.get("params"))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant", "step"])
+def test_in_graph_schedule_matches_reference(schedule):
+  cfg = make_config("mlp", {"steps": 20, "warmup": 4, "lr_max": 0.1, "lr_min": 0.01, "schedule": schedule, "decay_every": 6}, "t")
+  s = Schedule()
+  s.set(cfg)
+  graph = [s.lr().realize().item() for _ in range(cfg.steps)]
+  reference = [lr_at(cfg, t) for t in range(cfg.steps)]
+  np.testing.assert_allclose(graph, reference, rtol=1e-5, atol=1e-9)
+
+
+def test_schedule_values():
+  cos = make_config("mlp", {"steps": 100, "lr_max": 1e-3, "lr_min": 1e-5}, "t")
+  assert lr_at(cos, 0) == pytest.approx(1e-3)
+  assert lr_at(cos, 50) == pytest.approx((1e-3 + 1e-5) / 2)
+  assert lr_at(cos, 100) == pytest.approx(1e-5)
+  warm = with_overrides(cos, {"warmup": 10}, "t")
+  assert [lr_at(warm, t) for t in (0, 4, 9)] == pytest.approx([1e-4, 5e-4, 1e-3])
+  step = with_overrides(cos, {"schedule": "step", "decay_every": 30, "lr_decay": 0.5}, "t")
+  assert [lr_at(step, t) for t in (0, 29, 30, 65)] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4])
+
+
+def test_model_shapes_and_parameter_counts():
+  mlp = build_model(make_config("mlp", {}, "t"))
+  assert count_parameters(mlp) == 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
+  assert mlp(Tensor.zeros(3, 28, 28)).shape == (3, 10)
+  three = build_model(make_config("mlp", {"depth": 3, "width1": 64, "width2": 32, "width3": 16}, "t"))
+  assert count_parameters(three) == 784 * 64 + 64 + 64 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10
+  cnn = build_model(make_config("cnn", {"channels": [16, 32], "kernel": 3, "width": 128}, "t"))
+  assert count_parameters(cnn) == (16 * 9 + 16) + (32 * 16 * 9 + 32) + (32 * 7 * 7 * 128 + 128) + (128 * 10 + 10)
+  deep = build_model(make_config("cnn", {"channels": [8] * 8, "width": 16, "norm": "group"}, "t"))
+  assert sum(deep.pools) == 2, "pooling stops while the map is still at least 4x4"
+  assert deep(Tensor.zeros(2, 28, 28), training=True).shape == (2, 10)
+
+
+def variants(model: str):
+  """For each key: a base config where the key matters, and the changed value."""
+  base = TINY_MLP if model == "mlp" else TINY_CNN
+  special = {  # keys that only act in some settings
+    "lr_decay": ({"schedule": "step", "decay_every": 1}, 0.5), "decay_every": ({"schedule": "step"}, 2),
+    "momentum": ({"opt": "sgd"}, 0.5), "nesterov": ({"opt": "sgd"}, True), "beta1": ({"opt": "adam"}, 0.5),
+    "beta2": ({"opt": "adam"}, 0.9), "lr_min": ({"lr_max": 0.01}, 0.005), "warmup": ({}, 2),
+    "width2": ({"depth": 2}, 8), "width3": ({"depth": 3}, 8), "depth": ({}, 3), "dropout": ({}, 0.5),
+    "rotate": ({"augment": True}, 45.0), "scale": ({"augment": True}, 0.3), "shift": ({"augment": True}, 5.0),
+    "train_size": ({}, 100), "eval_every": ({}, 1), "dataset": ({}, "fashion"), "wd": ({"lr_max": 0.05}, 0.5),
+    "schedule": ({}, "constant"), "kernel": ({}, 5), "channels": ({}, [4]), "norm": ({}, "layer"), "batchnorm": ({}, True),
+    "pool": ({}, "avg"), "act": ({}, "tanh"), "opt": ({}, "sgd"), "width": ({}, 8), "width1": ({}, 8), "batch": ({}, 12),
+    "steps": ({}, 2), "lr_max": ({}, 0.01), "seed": ({}, 7), "augment": ({}, True),
+  }
+  for key in KEYS:
+    if model not in key.models or key.name == "patience": continue  # patience: see test_plateau_*
+    extra, value = special[key.name]
+    yield key.name, {**base, **extra}, value
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_every_hyperparameter_changes_what_is_trained(model, tiny_data):
+  """Each key, changed alone, changes the training (loss, LR curve, length or evaluation points): no key is
+  silently ignored because the trainer reads another name."""
+  trainer = Trainer()
+  for name, base, value in variants(model):
+    a_cfg = make_config(model, base, "t")
+    b_cfg = with_overrides(a_cfg, {name: value}, "t")
+    assert getattr(b_cfg, name) != getattr(a_cfg, name) or name == "batchnorm", name
+    a, b = trainer.run(a_cfg, tiny_data), trainer.run(b_cfg, tiny_data)
+    assert fingerprint(a) != fingerprint(b), f"{name}={value!r} did not change what was trained"
+
+
+def test_batch_changes_the_batch_shape(tiny_data):
+  trainer = Trainer()
+  for batch in (8, 16):
+    result = trainer.run(make_config("mlp", {**TINY_MLP, "batch": batch}, "t"), tiny_data)
+    assert result["batch_shape"] == [batch, 28, 28]
+
+
+def test_compile_once_per_shape_and_same_numbers_as_fresh(tiny_data):
+  """Configs that differ only in scalars reuse one compiled step, and give exactly what a fresh process would."""
+  base = make_config("mlp", {**TINY_MLP, "steps": 6, "dropout": 0.2}, "t")
+  configs = [base, with_overrides(base, {"lr_max": 3e-3, "seed": 5}, "t"), with_overrides(base, {"wd": 0.1, "steps": 8}, "t"),
+             with_overrides(base, {"schedule": "step", "lr_decay": 0.5, "warmup": 2}, "t"), base]
+  shared = Trainer()
+  reused = [fingerprint(shared.run(cfg, tiny_data)) for cfg in configs]
+  assert shared.compile_count == 1
+  assert reused[0] == reused[-1], "same seed, same device: identical metrics"
+  for cfg, got in zip(configs[1:4], reused[1:4]):
+    assert fingerprint(Trainer().run(cfg, tiny_data)) == got
+  shared.run(with_overrides(base, {"width": 16}, "t"), tiny_data)
+  assert shared.compile_count == 2, "a new width is a new shape"
+
+
+def test_diverging_run_is_recorded_as_diverged(tiny_data):
+  cfg = make_config("mlp", {**TINY_MLP, "opt": "sgd", "lr_max": 10.0, "momentum": 0.9, "schedule": "constant", "steps": 30}, "t")
+  result = Trainer().run(cfg, tiny_data)
+  assert result["status"] == "diverged"
+  assert result["steps_done"] < 30 and not math.isfinite(result["history"]["train_loss"][-1])
+  assert "test_acc" not in result
+
+
+def test_plateau_lowers_lr_and_restores_best_weights(tiny_data):
+  cfg = make_config("mlp", {**TINY_MLP, "schedule": "plateau", "patience": 2, "lr_decay": 0.5}, "t")
+  trainer = Trainer()
+  c = trainer.prepare(cfg)
+  trainer.reset(c, cfg)
+  state = {"best_loss": math.inf, "bad": 0, "scale": 1.0, "weights": None}
+  trainer._plateau(c, cfg, state, 1.0)
+  best = [p.numpy().copy() for p in c.params]
+  for p in c.params: p.assign(p + 1).realize()  # training moves the weights on
+  trainer._plateau(c, cfg, state, 1.5)
+  assert state["scale"] == 1.0 and state["bad"] == 1
+  trainer._plateau(c, cfg, state, 1.2)
+  assert state["scale"] == 0.5, "patience 2 reached: LR halves"
+  assert c.schedule.h["scale"].item() == 0.5
+  for p, b in zip(c.params, best): np.testing.assert_array_equal(p.numpy(), b)
+  trainer._plateau(c, cfg, state, 0.5)
+  assert state["bad"] == 0 and state["best_loss"] == 0.5
+
+
+def test_augmentation_identity_shapes_and_alignment():
+  rng = Rng()
+  rng.reseed(0)
+  x = np.zeros((6, 28, 28), np.float32)
+  x[:, 10:18, 12:16] = 1.0
+  xt = Tensor(x)
+  same = random_affine(xt, rng, Tensor([0.0, 0.0, 0.0])).numpy()
+  np.testing.assert_allclose(same, x, atol=1e-5)
+  moved = random_affine(Tensor(x.reshape(6, 1, 28, 28)), rng, Tensor([0.0, 0.0, 3.0])).numpy()
+  assert moved.shape == (6, 1, 28, 28)
+  ys, xs = np.mgrid[0:28, 0:28]
+  for img in moved[:, 0]:  # image i stays image i: the blob moves by at most the 3-pixel shift
+    cy, cx = (img * ys).sum() / img.sum(), (img * xs).sum() / img.sum()
+    assert abs(cy - 13.5) <= 3.01 and abs(cx - 13.5) <= 3.01
+  assert not np.allclose(moved[:, 0], x, atol=1e-3)
+  rotated = random_affine(xt, rng, Tensor([math.radians(30), 0.1, 0.0])).numpy()
+  assert rotated.sum(axis=(1, 2)) == pytest.approx(x.sum(axis=(1, 2)), rel=0.2), "mass is kept (within zoom)"
+
+
+@pytest.mark.parametrize("kind, axes", [("batch", (0, 2, 3)), ("layer", (1, 2, 3)), ("instance", (2, 3)), ("group", None)])
+def test_normalization_layer_statistics(kind, axes):
+  x = Tensor(np.random.default_rng(0).normal(3.0, 5.0, (8, 16, 6, 6)).astype(np.float32))
+  norm = Norm(kind, 16)
+  norm.reset(np.random.default_rng(0))
+  y = norm(x, training=True).numpy()
+  if kind == "group": y, axes = y.reshape(8, 8, 2 * 6 * 6), (2,)  # 8 groups of 2 channels
+  np.testing.assert_allclose(y.mean(axis=axes), 0, atol=1e-4)
+  np.testing.assert_allclose(y.std(axis=axes), 1, atol=1e-2)
+  if kind == "batch": assert abs(norm.running_mean.numpy().mean() - 0.3) < 0.1, "running mean moved 10% towards 3"
+
+
+def test_reset_model_is_deterministic():
+  cfg = make_config("cnn", TINY_CNN, "t")
+  a, b = build_model(cfg), build_model(cfg)
+  reset_model(a, 3)
+  reset_model(b, 3)
+  np.testing.assert_array_equal(a.fc.weight.numpy(), b.fc.weight.numpy())
+  reset_model(b, 4)
+  assert not np.array_equal(a.fc.weight.numpy(), b.fc.weight.numpy())
+
+
+def test_real_mnist_mlp_reaches_a_meaningful_accuracy(mnist):
+  cfg = make_config("mlp", {"width": 128, "steps": 150, "batch": 128, "lr_max": 2e-3}, "t")
+  result = Trainer().run(cfg, mnist)
+  assert result["status"] == "done"
+  assert result["test_acc"] > 0.90 and result["best_val_acc"] > 0.90
+  assert result["history"]["train_loss"][-1] < result["history"]["train_loss"][0] / 3
