@@ -118,8 +118,9 @@ def report(results: Path, console) -> int:
   return 0
 
 
-if __name__ == "__main__":
-  # SIGTERM stops like Ctrl-C: finished runs are kept, the interrupted one is marked
+def cli() -> None:
+  """Entry point: user mistakes are one line on stderr (exit 2), never a traceback."""
+  # SIGTERM stops like Ctrl-C: finished runs are kept, the interrupted one is recorded as interrupted
   signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
   try:
     sys.exit(main())
@@ -127,5 +128,11 @@ if __name__ == "__main__":
     print(f"error: {e}", file=sys.stderr)
     sys.exit(e.exit_code)
   except KeyboardInterrupt:
-    print("interrupted: re-run the same command to resume (finished runs are kept)", file=sys.stderr)
+    print("interrupted: finished runs are kept; re-run the same command to resume", file=sys.stderr)
     sys.exit(130)
+  except BrokenPipeError:  # output piped into head & co.
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+  cli()

@@ -7,6 +7,7 @@ from typing import Sequence
 import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 import numpy as np
 
 DPI = 100
@@ -63,7 +64,17 @@ def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _log_if_positive(ax, *ys: np.ndarray) -> None:
   values = np.concatenate([y for y in ys if len(y)]) if any(len(y) for y in ys) else np.zeros(0)
-  if len(values) and (values > 0).all() and values.max() / values.min() > 5: ax.set_yscale("log")
+  if len(values) and (values > 0).all() and values.max() / values.min() > 5:
+    ax.set_yscale("log")
+    _plain_log_labels(ax.yaxis)
+
+
+def _plain_log_labels(axis) -> None:
+  # the default 10^x labels go through mathtext, which costs more than drawing the rest of the figure;
+  # 1-2-5 ticks also label losses that span less than a decade
+  axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+  axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+  axis.set_minor_formatter(NullFormatter())
 
 
 def _style(ax, title: str = "") -> None:
@@ -89,10 +100,8 @@ def run_plot(record: dict, path: Path) -> Path:
   ax_loss.set_xlabel("step", fontsize=7)
   if len(train) or len(val_loss): ax_loss.legend(fontsize=7)
   acc_steps, val_acc = _xy(history, "eval_step", "val_acc")
-  if len(val_acc):
-    ax_acc.plot(acc_steps, 100 * val_acc, "o-", color=COLORS[2], markersize=3, linewidth=1)
-    ax_acc.annotate(f"{100 * val_acc[-1]:.2f}%", (acc_steps[-1], 100 * val_acc[-1]), fontsize=7, ha="right", va="bottom")
-  _style(ax_acc, "val accuracy (%)")
+  if len(val_acc): ax_acc.plot(acc_steps, 100 * val_acc, "o-", color=COLORS[2], markersize=3, linewidth=1)
+  _style(ax_acc, f"val accuracy (%) · last {100 * val_acc[-1]:.2f}" if len(val_acc) else "val accuracy (%)")
   ax_acc.set_xlabel("step", fontsize=7)
   lr_steps, lr = _xy(history, "step", "lr")
   if len(lr): ax_lr.plot(*_thin(lr_steps, lr), color=COLORS[4], linewidth=1)
@@ -132,7 +141,8 @@ def category_plot(runs: Sequence[tuple[str, dict]], path: Path, title: str) -> P
   for ax in (ax_acc, ax_loss): ax.set_xlabel("step", fontsize=7)
   if ax_acc.get_legend_handles_labels()[0]:
     extra = len(colours) - LEGEND_MAX
-    ax_acc.legend(fontsize=6, loc="lower right", title=f"+{extra} more" if extra > 0 else None, title_fontsize=6)
+    ax_acc.legend(fontsize=6, loc="lower right", ncol=2 if len(colours) > 6 else 1, title=f"+{extra} more" if extra > 0 else None,
+                  title_fontsize=6)
   fig.suptitle(title, fontsize=9)
   return _save(fig, path)
 
@@ -170,12 +180,14 @@ def lr_plot(series: Sequence[tuple[str, Sequence[float], Sequence[float], Sequen
     order = np.argsort(lrs)
     x, y = np.asarray(lrs, float)[order], np.asarray(means, float)[order]
     e = np.nan_to_num(np.asarray(stds, float)[order])
-    ax.errorbar(x, y, yerr=e, fmt="o-", color=COLORS[k % len(COLORS)], markersize=4, linewidth=1, capsize=2, label=label or None)
+    line = "-" if len(set(x.tolist())) == len(x) else ""  # several configurations at one LR: points, not a zigzag
+    ax.errorbar(x, y, yerr=e, fmt="o" + line, color=COLORS[k % len(COLORS)], markersize=4, linewidth=1, capsize=2, label=label or None)
     lows.extend(y)
   if len(diverged):
     bottom = min(lows) if lows else 0
     ax.plot(diverged, [bottom] * len(diverged), "x", color="red", markersize=7, label="diverged / no result")
   ax.set_xscale("log")
+  _plain_log_labels(ax.xaxis)
   _style(ax, title)
   ax.set_xlabel("peak learning rate (lr_max)", fontsize=8)
   ax.set_ylabel("val accuracy (%)", fontsize=8)

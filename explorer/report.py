@@ -160,15 +160,17 @@ def by_category(groups: list[Group]) -> dict[str, list[Group]]:
 
 # ---------- formatting ----------
 
-def fmt_stat(s: Stat, scale: float = 1.0, digits: int = 2) -> str:
+def fmt_stat(s: Stat, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
+  """mean ± std (n=…), e.g. 97.31 ± 0.12 (n=3); a single value alone."""
   if s.mean is None: return "—"
   text = f"{s.mean * scale:.{digits}f}"
   if s.std is not None: text += f" ± {s.std * scale:.{digits}f}"
+  text += unit
   if s.n > 1: text += f" (n={s.n})"
   return text
 
 
-def pct(s: Stat) -> str: return fmt_stat(s, 100, 2)
+def pct(s: Stat, unit: str = "") -> str: return fmt_stat(s, 100, 2, unit)
 
 
 def fmt_num(x: Any, digits: int = 2) -> str:
@@ -213,7 +215,7 @@ def verdict(groups: list[Group]) -> tuple[Group | None, str]:
   if not order: return None, "No configuration finished, so there is no best one."
   top = order[0]
   ts, test = top.stat("val_acc"), top.stat("test_acc")
-  desc = f"{code(top.name)}: val {pct(ts)}%, test {pct(test)}%"
+  desc = f"{code(top.name)}: val {pct(ts, '%')}, test {pct(test, '%')}"
   if len(order) == 1:
     note = "" if ts.n > 1 else " (single seed: no noise estimate)"
     return top, f"**Best configuration:** {desc} — the only configuration that finished{note}."
@@ -226,10 +228,10 @@ def verdict(groups: list[Group]) -> tuple[Group | None, str]:
                  f"(single seed: no noise estimate — use repeats to tell whether that is real).")
   if noise:
     ties = [g for g in order if g is top or within_noise(ts, g.stat("val_acc"))]
-    names = ", ".join(f"{code(g.name)} ({pct(g.stat('val_acc'))}%)" for g in ties)
+    names = ", ".join(f"{code(g.name)} ({pct(g.stat('val_acc'), '%')})" for g in ties)
     return top, (f"**No clear winner:** the top {len(ties)} configurations are indistinguishable within noise "
                  f"(their mean val accuracies differ by no more than the larger std): {names}. "
-                 f"Highest mean: {code(top.name)} (test {pct(test)}%).")
+                 f"Highest mean: {code(top.name)} (test {pct(test, '%')}).")
   return top, (f"**Best configuration:** {desc}; runner-up {code(runner.name)} is {gap:.2f} points behind, "
                f"beyond noise (larger std {100 * max(ts.std, rs.std):.2f}).")
 
@@ -313,10 +315,14 @@ def grid_axes(groups: list[Group]) -> tuple[str, str] | None:
 class Plotter:
   """Writes one report folder's figures and remembers the written paths; a failing plot is a warning, not a lost report."""
   def __init__(self, folder: Path, model: str, warn: Callable[[str], None]):
-    self.folder, self.model, self.warn, self.written = folder, model, warn, []
+    self.folder, self.model, self.warn, self.written, self.used = folder, model, warn, [], set()
 
   def __call__(self, filename: str, draw: Callable[[Path], Path]) -> str | None:
     """Draws into plots/<model>/<filename>; returns the markdown-relative path, or None when it could not be drawn."""
+    stem, n = filename.removesuffix(".png"), 2
+    while filename in self.used:  # a run named like a summary plot (say "lr-grid"): keep both figures
+      filename, n = f"{stem}-{n}.png", n + 1
+    self.used.add(filename)
     rel = f"plots/{self.model}/{filename}"
     try:
       path = plots.safe_path(self.folder, "plots", self.model, filename)
@@ -348,7 +354,7 @@ def lr_sweep_for(plot: Plotter, category: str, groups: list[Group]) -> str | Non
   others = sorted({a for g in groups for a in g.axes if a not in ("lr_max", "lr")})
   combos = {tuple(fmt_value(g.axes.get(a)) for a in others) for g in groups}
   split = bool(others) and len(combos) <= 8  # one line per setting of the other axes, when there are few
-  series: dict[str, tuple[list, list, list]] = {}
+  series: dict[tuple, tuple[list, list, list]] = {}
   diverged = []
   for g in groups:
     lr, s = num(g.config.get("lr_max")), g.stat("val_acc")
@@ -356,17 +362,22 @@ def lr_sweep_for(plot: Plotter, category: str, groups: list[Group]) -> str | Non
     if not s.n:
       diverged.append(lr)
       continue
-    label = ", ".join(f"{a}={fmt_value(g.axes.get(a))}" for a in others) if split else ""
-    xs, ys, es = series.setdefault(label, ([], [], []))
+    key = tuple(_sort_key(_hashable(g.axes.get(a))) for a in others) if split else ()
+    xs, ys, es = series.setdefault(key, ([], [], []))
     xs.append(lr)
     ys.append(100 * s.mean)
     es.append(100 * (s.std or 0.0))
   if not series: return None
-  data = [(label, *v) for label, v in sorted(series.items())]
+  def name(key: tuple) -> str: return ", ".join(f"{a}={k[2] or f'{k[1]:g}'}" for a, k in zip(others, key))
+  data = [(name(key), *v) for key, v in sorted(series.items())]
   return plot(f"lr-{category}.png", lambda p: plots.lr_plot(data, diverged, p, f"{category}: val accuracy vs peak LR"))
 
 
 # ---------- one model's report ----------
+
+def model_order(model: str) -> tuple:
+  return (("mlp", "cnn").index(model) if model in ("mlp", "cnn") else 2, model)
+
 
 def label(model: str) -> str: return model.upper() if model in ("mlp", "cnn") else model
 
@@ -379,7 +390,7 @@ def target_line(model: str, best: Group | None) -> str:
   if test.mean is None: return f"- **Target** (test ≥ {100 * target:.0f}%): unknown — the best configuration has no test accuracy."
   reached = test.mean >= target
   return (f"- **Target** (test ≥ {100 * target:.0f}%): {'**reached**' if reached else '**not reached**'} by the best configuration "
-          f"{code(best.name)} (test {pct(test)}%).")
+          f"{code(best.name)} (test {pct(test, '%')}).")
 
 
 def model_report(folder: Path, suite: str, dataset: str, model: str, records: list[dict], others: list[str],
@@ -402,16 +413,16 @@ def model_report(folder: Path, suite: str, dataset: str, model: str, records: li
   lines += ["## Summary", "", f"- {verdict_text}"]
   efficient = max((g for g in groups if per_second(g) is not None), key=per_second, default=None)
   if efficient is not None:
-    lines.append(f"- **Most val accuracy per training second:** {code(efficient.name)} — val {pct(efficient.stat('val_acc'))}% "
-                 f"in {fmt_stat(efficient.stat('train_s'))} s of training ({per_second(efficient):.2f} %/s).")
+    lines.append(f"- **Most val accuracy per training second:** {code(efficient.name)} — val {pct(efficient.stat('val_acc'), '%')} "
+                 f"in {fmt_stat(efficient.stat('train_s'), unit=' s')} of training ({per_second(efficient):.2f} %/s).")
   target = target_line(model, best)
   if target: lines.append(target)
   if TARGETS.get(model) is not None:
     fast = [g for g in groups if (g.stat("test_acc").mean or 0) >= TARGETS[model] and g.stat("train_s").mean is not None]
     if fast:
       f = min(fast, key=lambda g: g.stat("train_s").mean)
-      lines.append(f"- **Fastest configuration reaching the target:** {code(f.name)} — test {pct(f.stat('test_acc'))}% "
-                   f"in {fmt_stat(f.stat('train_s'))} s of training.")
+      lines.append(f"- **Fastest configuration reaching the target:** {code(f.name)} — test {pct(f.stat('test_acc'), '%')} "
+                   f"in {fmt_stat(f.stat('train_s'), unit=' s')} of training.")
   if others:
     lines.append(f"- {label(model)} vs {', '.join(label(m) for m in others)}: see [comparison.md](comparison.md).")
   lines.append("")
@@ -560,8 +571,8 @@ def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None) 
     folder = report_folder(results_dir, suite, dataset)
     folder.mkdir(parents=True, exist_ok=True)
     summaries = []
-    for model in sorted(models):
-      others = [m for m in sorted(models) if m != model]
+    for model in sorted(models, key=model_order):
+      others = [m for m in sorted(models, key=model_order) if m != model]
       text, pngs, summary = model_report(folder, suite, dataset, model, models[model], others, note)
       md = plots.safe_path(folder, f"{model}.md")
       md.write_text(text)
@@ -585,7 +596,7 @@ def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None) 
     lines += ["## Skipped records and warnings", ""] + [f"- {cell(w)}" for w in warnings] + [""]
   if records or warnings:
     results_dir.mkdir(parents=True, exist_ok=True)
-    index = results_dir / "index.md"
+    index = plots.safe_path(results_dir, "index.md")
     index.write_text("\n".join(lines))
     written.append(index)
   return written

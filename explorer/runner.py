@@ -1,7 +1,7 @@
 """Runs a planned suite: claim each run, skip finished ones, train with live progress, store the record, build reports.
 Ctrl-C/SIGTERM: the interrupted run is recorded as interrupted, finished runs stay, reports are rebuilt, exit 130."""
 from __future__ import annotations
-import math, platform, socket, time, traceback
+import math, platform, socket, subprocess, time, traceback
 from importlib.metadata import version
 from pathlib import Path
 from rich.console import Console
@@ -22,9 +22,23 @@ def make_record(spec: RunSpec, suite: str, result: dict | None, status: str, err
     "capped_from": spec.capped_from, "config": spec.config.to_dict(), "status": status, "error": error,
     "metrics": {k: result[k] for k in metric_keys if k in result}, "history": result.get("history", {}),
     **{k: result.get(k) for k in ("params", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "steps_done", "device")},
-    "tinygrad_version": version("tinygrad"), "dataset": spec.config.dataset, "host": platform.node() or socket.gethostname(),
+    "tinygrad_version": version("tinygrad"), "code_version": CODE_VERSION, "dataset": spec.config.dataset, "host": platform.node() or socket.gethostname(),
     "started_at": started_at, "finished_at": store.now_iso(),
   }
+
+
+def code_version() -> str | None:
+  """The git commit the explorer ran from (with +dirty for local edits), so results can be traced to code."""
+  root = Path(__file__).resolve().parents[1]
+  try:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+    if head.returncode != 0: return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "*.py"], cwd=root, capture_output=True, text=True, timeout=5)
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+  except (OSError, subprocess.SubprocessError): return None
+
+
+CODE_VERSION = code_version()
 
 
 def _pct(x) -> str: return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"

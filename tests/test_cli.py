@@ -1,0 +1,204 @@
+"""The command line end to end, as a user runs it: bad inputs (one line, exit 2, nothing written), a suite, resume,
+one-off env runs, report regeneration, Ctrl-C and SIGKILL, two explorers on one results folder."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest
+from explorer.data import write_idx
+from tests.conftest import make_digits
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_SUITE = """
+[mlp.defaults]
+width = 16
+steps = 6
+batch = 16
+eval_every = 3
+[[mlp.runs]]
+name = "baseline"
+category = "baseline"
+description = "tiny baseline"
+[[mlp.runs]]
+name = "lr-high"
+category = "learning_rate"
+lr_max = 0.01
+[[mlp.runs]]
+name = "lr-low"
+category = "learning_rate"
+lr_max = 0.0001
+[[mlp.runs]]
+name = "batch-8"
+category = "batch_size"
+batch = 8
+"""
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+  """Four small IDX files (10,500 train images so the 10,000-image validation split leaves 500 to train on)."""
+  folder = tmp_path_factory.mktemp("idx")
+  x, y = make_digits(10_500, 0)
+  xt, yt = make_digits(300, 1)
+  for name, arr, kind in (("train-images-idx3-ubyte.gz", x, "images"), ("train-labels-idx1-ubyte.gz", y, "labels"),
+                          ("t10k-images-idx3-ubyte.gz", xt, "images"), ("t10k-labels-idx1-ubyte.gz", yt, "labels")):
+    write_idx(folder / name, arr, kind)
+  return folder
+
+
+def explorer(args, tmp_path, env=None, data_dir=None, wait=True, suite=TINY_SUITE):
+  (tmp_path / "exp.toml").write_text(suite)
+  base = {k: v for k, v in os.environ.items() if k.upper() not in {"STEPS", "BATCH", "BS", "LR", "LR_MAX", "ACT", "SEED", "DATASET"}}
+  full_env = {**base, "JIT": "1", "EXPERIMENTS": str(tmp_path / "exp.toml"), "RESULTS_DIR": str(tmp_path / "results"),
+              **({"DATA_DIR": str(data_dir)} if data_dir else {}), **(env or {})}
+  cmd = [sys.executable, str(ROOT / "mnist_explorer.py"), *args]
+  if not wait: return subprocess.Popen(cmd, env=full_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.run(cmd, env=full_env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+
+def records(tmp_path) -> dict[str, dict]:
+  return {p.stem: json.loads(p.read_text()) for p in (tmp_path / "results").glob("runs/*/*/*/*.json")}
+
+
+@pytest.mark.parametrize("args, env, expected", [
+  (["mlp"], {"STEPS": "abc"}, "STEPS must be an integer, got 'abc'"),
+  (["mlp"], {"BATCH": "0"}, "BATCH must be >= 1"),
+  (["mlp"], {"BATCH": "70000"}, "larger than the training set"),
+  (["mlp"], {"OPT": "adamx"}, "OPT must be one of"),
+  (["mlp"], {"ACT": "swish"}, "ACT must be one of"),
+  (["mlp"], {"DATASET": "cifar"}, "dataset must be one of mnist, fashion"),
+  (["mlp", "--category", "dropout"], {}, "unknown category 'dropout'"),
+  (["mlp", "--max-steps", "0"], {}, "--max-steps must be >= 1"),
+  (["cnn"], {}, "no [cnn] section"),
+  (["mlp", "--config", "/nonexistent.toml"], {}, "not found"),
+  (["mlp", "--results", "/proc/version/results"], {}, "not writable"),
+  (["mlp", "--data-dir", "/nonexistent-data"], {}, "/nonexistent-data"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, env, expected):
+  r = explorer(args, tmp_path, env)
+  assert r.returncode == 2, r.stderr
+  assert expected in r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+  assert not list((tmp_path / "results").glob("runs/**/*.json"))
+
+
+def test_unknown_model_is_exit_2(tmp_path):
+  r = explorer(["mpl"], tmp_path)
+  assert r.returncode == 2 and "invalid choice: 'mpl'" in r.stderr
+
+
+def test_malformed_toml_names_the_line(tmp_path):
+  r = explorer(["mlp"], tmp_path, suite="[mlp]\nsteps = = 3\n")
+  assert r.returncode == 2 and "exp.toml" in r.stderr and "line 2" in r.stderr
+
+
+def test_missing_clang_is_explained(tmp_path):
+  r = explorer(["mlp"], tmp_path, env={"PATH": str(tmp_path)})  # a PATH without clang
+  assert r.returncode == 2 and "clang" in r.stderr and "apt-get install" in r.stderr
+
+
+def test_offline_without_data_says_what_to_do(tmp_path, data_dir):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  r = explorer(["mlp"], tmp_path, env={"DATA_DIR": str(empty)})
+  assert r.returncode == 2 and "train-images-idx3-ubyte.gz" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_data_file_is_named(tmp_path, data_dir):
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  for f in data_dir.iterdir(): (bad / f.name).write_bytes(f.read_bytes())
+  truncated = bad / "train-images-idx3-ubyte.gz"
+  truncated.write_bytes(truncated.read_bytes()[:5000])
+  r = explorer(["mlp"], tmp_path, env={"DATA_DIR": str(bad)})
+  assert r.returncode == 2 and "train-images-idx3-ubyte.gz" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_suite_resume_rerun_and_report(tmp_path, data_dir):
+  r = explorer(["mlp"], tmp_path, data_dir=data_dir)
+  assert r.returncode == 0, r.stdout + r.stderr
+  recs = records(tmp_path)
+  assert set(recs) == {"baseline", "lr-high", "lr-low", "batch-8"}
+  assert all(rec["status"] == "done" and rec["metrics"]["test_acc"] is not None for rec in recs.values())
+  assert "steps=6 batch=16 lr_max=0.001" in r.stdout, "the resolved config is printed before training"
+  md = (tmp_path / "results" / "exp-mnist" / "mlp.md").read_text()
+  assert "learning_rate" in md and "lr-high" in md
+  # resume: nothing is trained again
+  again = explorer(["mlp"], tmp_path, data_dir=data_dir)
+  assert again.returncode == 0 and "0 trained, 4 already finished" in again.stdout
+  assert records(tmp_path)["baseline"]["finished_at"] == recs["baseline"]["finished_at"]
+  # --rerun and --category: only that category, trained again
+  sub = explorer(["mlp", "--category", "learning_rate", "--rerun", "--max-steps", "4"], tmp_path, data_dir=data_dir)
+  assert sub.returncode == 0 and "2 trained" in sub.stdout
+  assert records(tmp_path)["lr-high"]["capped_from"] == 6 and records(tmp_path)["lr-high"]["config"]["steps"] == 4
+  # the report regenerates from stored runs without training; a garbage record is skipped with a warning
+  (tmp_path / "results" / "exp-mnist" / "mlp.md").unlink()
+  garbage = next((tmp_path / "results").glob("runs/*/*/mlp")) / "garbage.json"
+  garbage.write_text("not json at all")
+  rep = explorer(["report"], tmp_path)
+  assert rep.returncode == 0 and "skipped" in rep.stdout and (tmp_path / "results" / "exp-mnist" / "mlp.md").exists()
+
+
+def test_one_off_from_env(tmp_path, data_dir):
+  r = explorer(["mlp"], tmp_path, env={"STEPS": "5", "BS": "8", "LR": "2e-3", "ACT": "silu", "WIDTH": "8"}, data_dir=data_dir)
+  assert r.returncode == 0, r.stdout + r.stderr
+  (rec,) = records(tmp_path).values()
+  assert rec["category"] == "one-off"
+  assert {k: rec["config"][k] for k in ("steps", "batch", "lr_max", "act", "width")} == \
+         {"steps": 5, "batch": 8, "lr_max": 2e-3, "act": "silu", "width": 8}
+  assert rec["history"]["step"][-1] == 5
+
+
+def test_diverging_run_is_recorded_and_suite_goes_on(tmp_path, data_dir):
+  suite = TINY_SUITE.replace('lr_max = 0.01', 'lr_max = 10.0\nopt = "sgd"\nschedule = "constant"\nsteps = 40\nwidth = 32')
+  r = explorer(["mlp"], tmp_path, data_dir=data_dir, suite=suite)
+  assert r.returncode == 0, r.stdout + r.stderr
+  recs = records(tmp_path)
+  assert recs["lr-high"]["status"] == "diverged" and recs["lr-high"]["error"]
+  assert recs["batch-8"]["status"] == "done", "the suite went on after the diverged run"
+  assert "diverged" in (tmp_path / "results" / "exp-mnist" / "mlp.md").read_text()
+
+
+def wait_for(predicate, timeout=180):
+  end = time.time() + timeout
+  while time.time() < end:
+    if predicate(): return True
+    time.sleep(0.2)
+  return False
+
+
+def test_ctrl_c_keeps_finished_runs_and_marks_the_interrupted_one(tmp_path, data_dir):
+  suite = TINY_SUITE.replace('name = "lr-high"\ncategory = "learning_rate"', 'name = "lr-high"\ncategory = "learning_rate"\nsteps = 100000')
+  p = explorer(["mlp"], tmp_path, data_dir=data_dir, wait=False, suite=suite)
+  assert wait_for(lambda: len(list((tmp_path / "results").glob("runs/*/*/*/lr-high.claim"))) == 1)
+  time.sleep(1.0)
+  p.send_signal(signal.SIGINT)
+  out, err = p.communicate(timeout=120)
+  assert p.returncode == 130, out + err
+  assert "re-run the same command to resume" in err and "Traceback" not in err
+  recs = records(tmp_path)
+  assert recs["baseline"]["status"] == "done"
+  assert recs["lr-high"]["status"] == "interrupted"
+  assert not list((tmp_path / "results").glob("runs/**/*.claim")), "the claim is released"
+  assert (tmp_path / "results" / "exp-mnist" / "mlp.md").exists(), "the report is regenerated"
+
+
+def test_sigkill_leaves_a_stale_claim_that_the_next_start_recognises(tmp_path, data_dir):
+  suite = TINY_SUITE.replace('name = "baseline"\ncategory = "baseline"', 'name = "baseline"\ncategory = "baseline"\nsteps = 100000')
+  p = explorer(["mlp"], tmp_path, data_dir=data_dir, wait=False, suite=suite)
+  assert wait_for(lambda: len(list((tmp_path / "results").glob("runs/*/*/*/baseline.claim"))) == 1)
+  p.kill()
+  p.communicate()
+  assert not records(tmp_path), "no half-written record"
+  short = suite.replace("steps = 100000", "steps = 4")
+  r = explorer(["mlp"], tmp_path, data_dir=data_dir, suite=short)
+  assert r.returncode == 0 and "stale claim" in r.stdout
+  assert records(tmp_path)["baseline"]["status"] == "done"
+
+
+def test_two_explorers_on_one_folder_train_each_run_once(tmp_path, data_dir):
+  procs = [explorer(["mlp"], tmp_path, data_dir=data_dir, wait=False) for _ in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs
+  recs = records(tmp_path)
+  assert set(recs) == {"baseline", "lr-high", "lr-low", "batch-8"}
+  trained = sum(o.count("\ndone val") + o.startswith("done val") for o, _ in outs)
+  assert trained == 4, f"each run trained exactly once, got {trained}: {outs}"
