@@ -165,12 +165,13 @@ def wait_for(predicate, timeout=180):
   return False
 
 
-def test_ctrl_c_keeps_finished_runs_and_marks_the_interrupted_one(tmp_path, data_dir):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_keeps_finished_runs_and_marks_the_interrupted_one(tmp_path, data_dir, sig):
   suite = TINY_SUITE.replace('name = "lr-high"\ncategory = "learning_rate"', 'name = "lr-high"\ncategory = "learning_rate"\nsteps = 100000')
   p = explorer(["mlp"], tmp_path, data_dir=data_dir, wait=False, suite=suite)
   assert wait_for(lambda: len(list((tmp_path / "results").glob("runs/*/*/*/lr-high.claim"))) == 1)
   time.sleep(1.0)
-  p.send_signal(signal.SIGINT)
+  p.send_signal(sig)
   out, err = p.communicate(timeout=120)
   assert p.returncode == 130, out + err
   assert "re-run the same command to resume" in err and "Traceback" not in err
