@@ -1,104 +1,247 @@
 #!/usr/bin/env python3
-"""Speed of the default MLP and CNN train steps: tinygrad (the explorer's own compiled step) vs the identical model and
-optimizer in PyTorch (when installed) in the same run. A script that prints figures, never a test.
+"""Training-speed benchmark: the explorer's own compiled train step (Trainer) vs the same model and optimizer in PyTorch.
 
-  python bench/bench.py                       # MLP and CNN, batch 128 and 512
-  python bench/bench.py --models mlp --batches 128 --steps 30
+  python bench/bench.py                                  default MLP and CNN, batch 128 and 512, tinygrad and torch
+  python bench/bench.py --models mlp --batches 128 --steps 50 --no-torch
+  python bench/bench.py --suite                          also time the default MLP suite: one process vs one per category/run
+
+Prints a markdown table (device, versions, CPU) to paste into the README. torch is optional (imported only here); without
+it, or with --no-torch, only tinygrad is timed. JIT=1 is forced (it is tinygrad's default too). Timings are the median
+of --steps steps after warm-up; each step includes the host->device batch copy and the loss .item(), as Trainer.run does.
 """
 from __future__ import annotations
-import argparse, os, platform, statistics, sys, time
-from importlib.metadata import version
+import argparse, os, platform, re, subprocess, sys, tempfile, time
 from pathlib import Path
-import numpy as np
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 os.environ.setdefault("JIT", "1")
-from tinygrad import Device, Tensor  # noqa: E402
-from explorer.config import load_toml, suite_specs, with_overrides  # noqa: E402
-from explorer.train import Trainer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import numpy as np  # noqa: E402
+from explorer.config import load_toml, make_config, suite_specs  # noqa: E402
+from explorer.data import load_dataset, normalization  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def default_config(model: str, batch: int):
-  spec = next(s for s in suite_specs(load_toml(ROOT / "experiments.toml"), model, "experiments.toml") if s.category == "baseline")
-  return with_overrides(spec.config, {"batch": batch}, "bench")
-
-
-def fake_batches(batch: int, n: int, seed: int = 0):
-  rng = np.random.default_rng(seed)
-  return [(rng.integers(0, 256, (batch, 28, 28), dtype=np.uint8), rng.integers(0, 10, batch, dtype=np.uint8)) for _ in range(n)]
+DEFAULT_DATA = os.environ.get("DATA_DIR", "/work/shared/data/mnist")
+EXPERIMENTS = ROOT / "experiments.toml"
+WARMUP = 3  # steps 1-2 compile and capture the JIT; step 3 is the first replay (caches warm)
 
 
-def bench_tinygrad(cfg, steps: int) -> dict:
-  trainer = Trainer()
-  t0 = time.perf_counter()
-  c = trainer.prepare(cfg)
-  trainer.reset(c, cfg)
-  times = []
-  for i, (x, y) in enumerate(fake_batches(cfg.batch, steps + 2)):
-    ts = time.perf_counter()
-    c.train_step(Tensor(x), Tensor(y)).item()  # .item(): the explorer reads every loss (NaN check), so we time it too
-    times.append(time.perf_counter() - ts)
-    if i == 1: first = time.perf_counter() - t0
-  return {"ms": 1000 * statistics.median(times[2:]), "first_s": first}
+def default_config(model: str, batch: int, steps: int, experiments: Path = EXPERIMENTS):
+  doc = load_toml(experiments)
+  return make_config(model, {**doc[model].get("defaults", {}), "batch": batch, "steps": steps}, f"bench {model} batch {batch}")
 
 
-def bench_torch(cfg, steps: int) -> dict | None:
-  try: import torch
-  except ImportError: return None
-  nn = torch.nn
-  act = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh}[cfg.act]
-  if cfg.model == "mlp":
-    layers, n_in = [nn.Flatten()], 784
-    for w in cfg.hidden_widths: layers += [nn.Linear(n_in, w), act()]; n_in = w
-    model = nn.Sequential(*layers, nn.Linear(n_in, 10))
-  else:
-    layers, c_in, size = [], 1, 28
-    for c in cfg.channels:
-      layers += [nn.Conv2d(c_in, c, cfg.kernel, padding=cfg.kernel // 2), act()]
-      if cfg.pool != "none" and size // 2 >= 4: layers.append(nn.MaxPool2d(2)); size //= 2
-      c_in = c
-    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in * size * size, cfg.width), act(), nn.Linear(cfg.width, 10))
-  opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_max, weight_decay=cfg.wd)
-  times = []
-  t0 = time.perf_counter()
-  for i, (x, y) in enumerate(fake_batches(cfg.batch, steps + 2)):
-    ts = time.perf_counter()
-    xb = (torch.from_numpy(x).float().unsqueeze(1) / 255 - 0.1307) / 0.3081
-    loss = nn.functional.cross_entropy(model(xb), torch.from_numpy(y).long())
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    loss.item()
-    times.append(time.perf_counter() - ts)
-    if i == 1: first = time.perf_counter() - t0
-  return {"ms": 1000 * statistics.median(times[2:]), "first_s": first, "threads": torch.get_num_threads(), "version": torch.__version__}
+def batches(data, cfg, n: int):
+  """The same sampling as Trainer.run: a seeded permutation, sorted index slices, a new permutation per epoch."""
+  rng = np.random.default_rng(cfg.seed)
+  order, cursor = rng.permutation(len(data.x_train)), 0
+  for _ in range(n):
+    if cursor + cfg.batch > len(order): order, cursor = rng.permutation(len(data.x_train)), 0
+    idx = np.sort(order[cursor:cursor + cfg.batch])
+    cursor += cfg.batch
+    yield data.x_train[idx], data.y_train[idx]
 
 
 def cpu_name() -> str:
-  try: return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-  except (OSError, StopIteration): return platform.processor() or "unknown"
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"): return line.split(":", 1)[1].strip()
+  except OSError: pass
+  return platform.processor() or platform.machine()
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--models", default="mlp,cnn")
-  p.add_argument("--batches", default="128,512")
-  p.add_argument("--steps", type=int, default=30, help="timed steps after 2 warm-up steps")
-  p.add_argument("--no-torch", action="store_true")
-  args = p.parse_args()
-  print(f"device {Device.DEFAULT} · tinygrad {version('tinygrad')} · CPU {cpu_name()} ({os.cpu_count()} cores) · "
-        f"BEAM={os.environ.get('BEAM', '0')}\n")
-  print("| model | batch | tinygrad ms/step | tinygrad samples/s | first 2 steps (compile) s | torch ms/step | torch threads | tinygrad / torch |")
-  print("|---|---|---|---|---|---|---|---|")
-  for model in args.models.split(","):
-    for batch in (int(b) for b in args.batches.split(",")):
-      cfg = default_config(model, batch)
-      tg = bench_tinygrad(cfg, args.steps)
-      th = None if args.no_torch else bench_torch(cfg, args.steps)
-      torch_cols = f"{th['ms']:.1f} | {th['threads']} | {tg['ms'] / th['ms']:.1f}x" if th else "- | - | -"
-      print(f"| {model} | {batch} | {tg['ms']:.1f} | {batch * 1000 / tg['ms']:.0f} | {tg['first_s']:.1f} | {torch_cols} |", flush=True)
+# ---------------------------------------------------------------- tinygrad (the product's code path)
+
+def bench_tinygrad(trainer, cfg, data, steps: int) -> dict:
+  from tinygrad import Tensor
+  t0 = time.perf_counter()
+  c = trainer.prepare(cfg)
+  trainer.reset(c, cfg)
+  setup_s = time.perf_counter() - t0
+  times, losses = [], []
+  for i, (xb, yb) in enumerate(batches(data, cfg, WARMUP + steps)):
+    ts = time.perf_counter()
+    loss = c.train_step(Tensor(xb, device=trainer.device), Tensor(yb, device=trainer.device)).item()
+    times.append(time.perf_counter() - ts)
+    losses.append(loss)
+  ms = 1000 * float(np.median(times[WARMUP:]))
+  return {"ms": ms, "compile_s": times[0], "capture_s": times[1], "setup_s": setup_s, "samples_s": cfg.batch / ms * 1000,
+          "loss0": losses[0], "loss": losses[-1], "spread": spread(times[WARMUP:])}
+
+
+def spread(times: list[float]) -> str:
+  q1, q3 = np.percentile(times, [25, 75])
+  return f"{1000 * q1:.1f}-{1000 * q3:.1f}"
+
+
+# ---------------------------------------------------------------- PyTorch (optional, bench only)
+
+def torch_model(torch, cfg, tiny_model):
+  """The same layers as models/, initialized with the tinygrad model's freshly reset weights (same seed, same scheme)."""
+  nn = torch.nn
+  act = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leakyrelu": nn.LeakyReLU}[cfg.act]
+  if cfg.model == "mlp":
+    sizes, layers = (784,) + cfg.hidden_widths, [nn.Flatten()]
+    for a, b in zip(sizes, sizes[1:]): layers += [nn.Linear(a, b), act()]
+    layers.append(nn.Linear(sizes[-1], 10))
+  else:
+    assert cfg.norm == "none" and cfg.dropout == 0, "bench: torch CNN mirrors the default CNN only"
+    layers, c_in = [nn.Unflatten(1, (1, 28))], 1
+    for c, pools in zip(cfg.channels, tiny_model.pools):
+      layers += [nn.Conv2d(c_in, c, cfg.kernel, padding=cfg.kernel // 2), act()]
+      if pools: layers.append(nn.MaxPool2d(2) if cfg.pool == "max" else nn.AvgPool2d(2))
+      c_in = c
+    layers += [nn.Flatten(), nn.Linear(tiny_model.fc.weight.shape[1], cfg.width), act(), nn.Linear(cfg.width, 10)]
+  model = nn.Sequential(*layers)
+  from models import parameters
+  theirs = [p for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) for p in (m.weight, m.bias)]
+  ours = parameters(tiny_model)
+  assert [tuple(p.shape) for p in theirs] == [tuple(p.shape) for p in ours], "bench: torch and tinygrad layers differ"
+  with torch.no_grad():
+    for t, o in zip(theirs, ours): t.copy_(torch.from_numpy(o.numpy()))
+  return model
+
+
+def bench_torch(torch, cfg, data, steps: int, tiny_model) -> dict:
+  from explorer.train import lr_at
+  model = torch_model(torch, cfg, tiny_model)
+  opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_max, betas=(cfg.beta1, cfg.beta2), eps=1e-8, weight_decay=cfg.wd)
+  mean, std = normalization(cfg.dataset)
+  times, losses = [], []
+  for step, (xb, yb) in enumerate(batches(data, cfg, WARMUP + steps)):
+    ts = time.perf_counter()
+    x = (torch.from_numpy(xb).float() / 255.0 - mean) / std
+    for g in opt.param_groups: g["lr"] = lr_at(cfg, step)  # the same cosine schedule, set from Python
+    loss = torch.nn.functional.cross_entropy(model(x), torch.from_numpy(yb).long())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    losses.append(loss.item())
+    times.append(time.perf_counter() - ts)
+  ms = 1000 * float(np.median(times[WARMUP:]))
+  return {"ms": ms, "compile_s": times[0], "samples_s": cfg.batch / ms * 1000, "loss0": losses[0], "loss": losses[-1],
+          "spread": spread(times[WARMUP:])}
+
+
+# ---------------------------------------------------------------- suite wall time
+
+def run_timed(cmd: list[str], env: dict) -> float:
+  t0 = time.perf_counter()
+  r = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  wall = time.perf_counter() - t0
+  if r.returncode != 0: raise SystemExit(f"bench: {' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
+  return wall
+
+
+ONE_RUN = """import sys, time; t0 = time.perf_counter(); sys.path.insert(0, {root!r})
+from explorer.config import load_toml, suite_specs
+from explorer.data import load_dataset
+spec = next(s for s in suite_specs(load_toml({cfg!r}), {model!r}, {cfg!r}) if s.name == {name!r})
+data = load_dataset(spec.config.dataset, {data!r})
+from explorer.train import Trainer
+r = Trainer().run(spec.config, data)
+assert r["status"] == "done", r["status"]
+"""
+
+
+def bench_suite(model: str, data_dir: str, modes: list[str]) -> list[tuple[str, int, float]]:
+  """Wall time of the whole default suite: the CLI in one process, one CLI process per category, one process per run."""
+  env = {**os.environ, "JIT": "1"}
+  specs = suite_specs(load_toml(EXPERIMENTS), model, EXPERIMENTS)
+  categories = list(dict.fromkeys(s.category for s in specs))
+  cli = [sys.executable, str(ROOT / "mnist_explorer.py"), model, "--data-dir", data_dir, "--rerun", "--config", str(EXPERIMENTS)]
+  out = []
+  with tempfile.TemporaryDirectory(prefix="bench-suite-") as tmp:
+    if "one" in modes:
+      out.append(("CLI, one process", 1, run_timed(cli + ["--results", f"{tmp}/one"], env)))
+    if "category" in modes:
+      t = sum(run_timed(cli + ["--results", f"{tmp}/cat", "--category", c], env) for c in categories)
+      out.append(("CLI, one process per category", len(categories), t))
+    if "run" in modes:
+      t = 0.0
+      for s in specs:
+        code = ONE_RUN.format(root=str(ROOT), cfg=str(EXPERIMENTS), model=model, name=s.name, data=data_dir)
+        t += run_timed([sys.executable, "-c", code], env)
+      out.append(("Trainer.run, one process per configuration", len(specs), t))
+  print(f"# suite {model}: {len(specs)} configurations, {sum(s.config.steps for s in specs)} steps", file=sys.stderr)
+  return out
+
+
+# ---------------------------------------------------------------- main
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp,cnn (default both)")
+  p.add_argument("--batches", default="128,512", help="comma-separated batch sizes (default 128,512)")
+  p.add_argument("--steps", type=int, default=30, help=f"timed steps per case, after {WARMUP} warm-up steps (default 30)")
+  p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True, help="also time PyTorch when importable")
+  p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads(N) (default 0: torch's own default)")
+  p.add_argument("--suite", action="store_true", help="also time the default suite of the first model (minutes)")
+  p.add_argument("--suite-modes", default="one,category,run", help="which suite variants: one,category,run (default all)")
+  p.add_argument("--data-dir", default=DEFAULT_DATA, help=f"MNIST IDX folder (default {DEFAULT_DATA}, env DATA_DIR)")
+  args = p.parse_args(argv)
+  args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+  args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
+  if args.steps < 1: p.error("--steps must be >= 1")
+  return args
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  import tinygrad
+  from importlib.metadata import version
+  from tinygrad import Device
+  from tinygrad.helpers import NUM_CPU_THREADS
+  from explorer.train import Trainer
+  torch = None
+  if args.torch:
+    try: import torch  # noqa: F811  (optional: never a dependency of the product)
+    except ImportError: print("# torch not importable: timing tinygrad only", file=sys.stderr)
+    if torch and args.torch_threads > 0: torch.set_num_threads(args.torch_threads)
+  data = load_dataset("mnist", args.data_dir)
+  trainer = Trainer()
+  rows = []
+  for model in args.models:
+    for b in args.batches:
+      cfg = default_config(model, b, WARMUP + args.steps)
+      tg = bench_tinygrad(trainer, cfg, data, args.steps)
+      th = None
+      if torch:
+        c = trainer.prepare(cfg)
+        trainer.reset(c, cfg)  # torch starts from the same freshly initialized weights as the tinygrad run did
+        th = bench_torch(torch, cfg, data, args.steps, c.model)
+      rows.append((model, b, tg, th))
+      print(f"# {model} batch {b}: tinygrad {tg['ms']:.1f} ms (loss {tg['loss0']:.4f} -> {tg['loss']:.4f})"
+            + (f", torch {th['ms']:.1f} ms (loss {th['loss0']:.4f} -> {th['loss']:.4f})" if th else ""), file=sys.stderr)
+
+  dev = Device.DEFAULT
+  print(f"**Device** {dev} (tinygrad {version('tinygrad')}, JIT={os.environ.get('JIT')}, renderer "
+        f"{type(Device[dev].renderer).__name__}, NUM_CPU_THREADS={NUM_CPU_THREADS.value}, BEAM={os.environ.get('BEAM', '0')})"
+        + (f"; **torch** {torch.__version__}, {torch.get_num_threads()} threads" if torch else "; torch not timed")
+        + f"; **CPU** {cpu_name()}, {os.cpu_count()} logical cores; Python {platform.python_version()}.  ")
+  print(f"Median of {args.steps} steps after {WARMUP} warm-up steps (IQR in brackets); first step = trace + compile; "
+        f"each step includes the batch copy and loss .item().\n")
+  head = "| model | batch | tinygrad ms/step | tinygrad samples/s | first step s | JIT capture s |"
+  sep = "| --- | ---: | ---: | ---: | ---: | ---: |"
+  if torch:
+    head += " torch ms/step | torch samples/s | tinygrad / torch |"
+    sep += " ---: | ---: | ---: |"
+  print(head + "\n" + sep)
+  for model, b, tg, th in rows:
+    line = (f"| {model} | {b} | {tg['ms']:.1f} [{tg['spread']}] | {tg['samples_s']:,.0f} | {tg['compile_s']:.2f} | "
+            f"{tg['capture_s']:.2f} |")
+    if th: line += f" {th['ms']:.1f} [{th['spread']}] | {th['samples_s']:,.0f} | {tg['ms'] / th['ms']:.1f}x |"
+    print(line)
+
+  if args.suite:
+    model = args.models[0]
+    results = bench_suite(model, args.data_dir, [m.strip() for m in args.suite_modes.split(",")])
+    print(f"\nDefault `{model}` suite wall time (JIT=1, fresh results folder, --rerun):\n")
+    print("| how | processes | wall s | vs one process |\n| --- | ---: | ---: | ---: |")
+    base = next((t for name, _, t in results if name.startswith("CLI, one process") and "per" not in name), None)
+    for name, n, t in results:
+      print(f"| {name} | {n} | {t:.1f} | " + (f"{t / base:.2f}x |" if base else "- |"))
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

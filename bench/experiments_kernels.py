@@ -1,0 +1,29 @@
+"""Per-kernel times of one replayed train step of the product's Trainer (the DEBUG=2 lines, sorted by time).
+  python bench/experiments_kernels.py mlp 128"""
+import os, re, sys, subprocess
+from pathlib import Path
+ROOT = Path(__file__).resolve().parent.parent
+if os.environ.get("_INNER"):
+  sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))
+  from tinygrad import Tensor
+  from tinygrad.helpers import Context
+  from bench import default_config, batches
+  from explorer.data import load_dataset
+  from explorer.train import Trainer
+  model, b = sys.argv[1], int(sys.argv[2])
+  cfg = default_config(model, b, 10)
+  tr = Trainer(); c = tr.prepare(cfg); tr.reset(c, cfg)
+  data = load_dataset("mnist", "/work/shared/data/mnist")
+  for i, (x, y) in enumerate(batches(data, cfg, 6)):
+    if i == 5: print("=====MARK", flush=True)
+    with Context(DEBUG=2 if i == 5 else 0): c.train_step(Tensor(x), Tensor(y)).item()
+  raise SystemExit
+out = subprocess.run([sys.executable, __file__, *sys.argv[1:]], env={**os.environ, "_INNER": "1"}, capture_output=True, text=True)
+txt = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr).split("=====MARK", 1)[-1]
+rows = []
+for line in txt.splitlines():
+  m = re.search(r"\*\*\* \S+\s+\d+\s+(\S+).*?tm\s+([\d.]+)(us|ms)/", line)
+  if m: rows.append((float(m.group(2)) * (1e-3 if m.group(3) == "us" else 1), m.group(1), line.strip()[:170]))
+tot = sum(r[0] for r in rows)
+print(f"{len(rows)} kernels, {tot:.1f} ms total")
+for t, name, line in sorted(rows, reverse=True)[:int(os.environ.get("TOP", 15))]: print(f"{t:8.2f} ms {100*t/tot:5.1f}%  {line}")
