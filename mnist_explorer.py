@@ -33,6 +33,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--data-dir", default=os.environ.get("DATA_DIR"), metavar="DIR", help="folder with the four IDX .gz files (env DATA_DIR)")
   p.add_argument("--dataset", default=os.environ.get("DATASET"), choices=["mnist", "fashion"], help="dataset for every run (env DATASET)")
   p.add_argument("--rerun", action="store_true", help="train again even configurations already finished")
+  p.add_argument("--workers", type=int, default=1, metavar="N",
+                 help="train N configurations at once in N processes (tinygrad's CPU backend uses one core per process)")
   p.add_argument("--list", action="store_true", help="print the resolved runs and exit without training")
   try:
     return p.parse_args(argv)
@@ -48,6 +50,7 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
   overrides = env_overrides()
   dataset = overrides.pop("dataset", None) or args.dataset  # DATASET is a suite-wide choice, not a one-off
   if args.dataset: dataset = args.dataset
+  if not 1 <= args.workers <= 64: raise UserError(f"--workers must be 1..64, got {args.workers}")
   if args.max_steps is not None and args.max_steps < 1: raise UserError(f"--max-steps must be >= 1, got {args.max_steps}")
   specs: list[RunSpec] = []
   for model in suite_models:
@@ -89,7 +92,8 @@ def check_backend() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
+  argv = sys.argv[1:] if argv is None else argv
+  args = parse_args(argv)
   from rich.console import Console
   console = Console(stderr=False, highlight=False)
   results = Path(args.results)
@@ -103,9 +107,13 @@ def main(argv: list[str] | None = None) -> int:
   device = check_backend()
   from explorer.store import check_writable
   check_writable(results)
-  from explorer.runner import run_suite
-  return run_suite(specs, suite=Path(args.config).stem, results=results, data_dir=args.data_dir, rerun=args.rerun,
-                   device=device, console=console)
+  from explorer.runner import run_suite, run_with_workers
+  from explorer.store import now_iso
+  # --rerun: records finished before this command started do not count (helper processes get the same start time)
+  rerun_since = (os.environ.get("MNIST_EXPLORER_RERUN_SINCE") or now_iso()) if args.rerun else None
+  suite_args = dict(suite=Path(args.config).stem, results=results, data_dir=args.data_dir, rerun_since=rerun_since, device=device)
+  if args.workers > 1: return run_with_workers(argv, args.workers, specs, console=console, **suite_args)
+  return run_suite(specs, console=console, **suite_args)
 
 
 def report(results: Path, console) -> int:

@@ -1,7 +1,7 @@
 """Runs a planned suite: claim each run, skip finished ones, train with live progress, store the record, build reports.
 Ctrl-C/SIGTERM: the interrupted run is recorded as interrupted, finished runs stay, reports are rebuilt, exit 130."""
 from __future__ import annotations
-import math, platform, socket, subprocess, time, traceback
+import math, os, platform, socket, subprocess, sys, time, traceback
 from importlib.metadata import version
 from pathlib import Path
 from rich.console import Console
@@ -44,8 +44,10 @@ CODE_VERSION = code_version()
 def _pct(x) -> str: return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
 
-def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | None, rerun: bool, device: str,
-              console: Console) -> int:
+def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | None, rerun_since: str | None, device: str,
+              console: Console, summary: bool = True) -> int:
+  """rerun_since: with --rerun, the start time of the command: only records finished after it count as done (so the
+  worker processes of one --rerun command still share the work)."""
   from explorer.train import Trainer  # imports tinygrad: only once the inputs are known to be good
   for path, info in store.stale_claims(results):
     console.print(f"[yellow]stale claim[/] {path.name}: its explorer (pid {info.get('pid', '?')}) died; the run will be trained again")
@@ -59,7 +61,7 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
     for i, spec in enumerate(specs, 1):
       cfg = spec.config
       path = store.record_path(results, suite, cfg.dataset, cfg.model, spec.name)
-      if not rerun and store.is_complete(store.read_record(path), cfg.hash()):
+      if store.is_complete(store.read_record(path), cfg.hash(), rerun_since):
         skipped += 1
         continue
       claim = store.try_claim(path.parent, spec.name, cfg.hash())
@@ -69,7 +71,7 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
         continue
       try:
         # the other explorer may have finished it between our check and our claim
-        if not rerun and store.is_complete(store.read_record(path), cfg.hash()):
+        if store.is_complete(store.read_record(path), cfg.hash(), rerun_since):
           skipped += 1
           continue
         console.rule(f"[{i}/{len(specs)}] {cfg.model} · {spec.category} · {spec.name}")
@@ -106,11 +108,41 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
   rebuild_reports(results, console)
   console.print(f"{len(finished)} trained, {skipped} already finished (skipped; --rerun to train again)"
                 + (f", {busy} held by another explorer" if busy else "") + f" · {time.perf_counter() - started_wall:.1f}s")
-  if finished:
+  if finished and summary:
     from explorer.report import summary_table
     console.print(summary_table(finished))
   if failed: console.print(f"[red]{failed} runs failed[/]: see their records and the report")
   return 1 if failed else 0
+
+
+WORKER_ENV = "MNIST_EXPLORER_WORKER"
+
+
+def run_with_workers(argv: list[str], workers: int, specs: list[RunSpec], suite: str, results: Path, console: Console,
+                     **suite_args) -> int:
+  """--workers N: N-1 helper processes run the same command next to this one. Each run is claimed before it trains,
+  so every configuration is trained once; tinygrad's CPU backend uses one core per process, so N cores work at once."""
+  log_dir = results / "workers"
+  log_dir.mkdir(parents=True, exist_ok=True)
+  children = []
+  for i in range(1, workers):
+    log = open(log_dir / f"worker-{i}.log", "w")
+    env = {**os.environ, WORKER_ENV: str(i), "MNIST_EXPLORER_RERUN_SINCE": suite_args["rerun_since"] or ""}
+    children.append((subprocess.Popen([sys.executable, str(Path(__file__).resolve().parents[1] / "mnist_explorer.py"), *argv,
+                                       "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT), log))
+  console.print(f"{workers - 1} helper process(es) started; their output: {log_dir}/worker-*.log")
+  try:
+    code = run_suite(specs, suite, results, console=console, summary=False, **suite_args)
+  finally:
+    codes = [p.wait() for p, _ in children]  # Ctrl-C reaches the whole process group: they stop and record too
+    for _, log in children: log.close()
+  rebuild_reports(results, console)
+  records = [store.read_record(store.record_path(results, suite, s.config.dataset, s.config.model, s.name)) for s in specs]
+  records = [r for r in records if r]
+  if records:
+    from explorer.report import summary_table
+    console.print(summary_table(records))
+  return max([code, *codes])
 
 
 def train_with_progress(trainer, spec: RunSpec, data, console: Console) -> dict:

@@ -118,9 +118,11 @@ def read_record(path: Path) -> dict | None:
   return record if isinstance(record, dict) and all(k in record for k in REQUIRED) else None
 
 
-def is_complete(record: dict | None, config_hash: str) -> bool:
-  """Finished with the same resolved config: skip it on resume. Interrupted or failed runs are trained again."""
-  return bool(record) and record.get("config_hash") == config_hash and record.get("status") in ("done", "diverged")
+def is_complete(record: dict | None, config_hash: str, finished_since: str | None = None) -> bool:
+  """Finished with the same resolved config (and, for --rerun, after `finished_since`): skip it. Interrupted or failed
+  runs are trained again."""
+  if not record or record.get("config_hash") != config_hash or record.get("status") not in ("done", "diverged"): return False
+  return finished_since is None or str(record.get("finished_at", "")) >= finished_since
 
 
 def load_records(results: Path) -> tuple[list[dict], list[str]]:

@@ -95,7 +95,8 @@ class Trainer:
     augment = Tensor.zeros(3, dtype=dtypes.float32).contiguous().realize()
     state = buffers(model)
 
-    def normalize(x: Tensor) -> Tensor: return (x - mean_std[0]) / mean_std[1]
+    # contiguous: decode uint8 -> normalized float once, not again inside the first layer's forward and gradient matmuls
+    def normalize(x: Tensor) -> Tensor: return ((x - mean_std[0]) / mean_std[1]).contiguous()
 
     # a fresh TinyJit per shape: a TinyJit on a method would be shared by every model and replay the first one's kernels
     @TinyJit

@@ -203,3 +203,13 @@ def test_two_explorers_on_one_folder_train_each_run_once(tmp_path, data_dir):
   assert set(recs) == {"baseline", "lr-high", "lr-low", "batch-8"}
   trained = sum(o.count("\ndone val") + o.startswith("done val") for o, _ in outs)
   assert trained == 4, f"each run trained exactly once, got {trained}: {outs}"
+
+
+def test_workers_share_one_suite_and_rerun_trains_each_once(tmp_path, data_dir):
+  for args in (["mlp", "--workers", "2"], ["mlp", "--workers", "2", "--rerun"]):
+    r = explorer(args, tmp_path, data_dir=data_dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = (tmp_path / "results" / "workers" / "worker-1.log").read_text()
+    trained = (r.stdout + log).count("done val")
+    assert trained == 4, f"{args}: each run trained exactly once, got {trained}"
+    assert set(records(tmp_path)) == {"baseline", "lr-high", "lr-low", "batch-8"}
