@@ -107,11 +107,14 @@ def main(argv: list[str] | None = None) -> int:
   device = check_backend()
   from explorer.store import check_writable
   check_writable(results)
-  from explorer.runner import run_suite, run_with_workers
+  from explorer.runner import WORKER_ENV, run_suite, run_with_workers
   from explorer.store import now_iso
   # --rerun: records finished before this command started do not count (helper processes get the same start time)
   rerun_since = (os.environ.get("MNIST_EXPLORER_RERUN_SINCE") or now_iso()) if args.rerun else None
   suite_args = dict(suite=Path(args.config).stem, results=results, data_dir=args.data_dir, rerun_since=rerun_since, device=device)
+  if args.workers > 1 or os.environ.get(WORKER_ENV):
+    # longest runs first (by images to process), so the processes finish together instead of one waiting on the last long run
+    specs = sorted(specs, key=lambda s: -s.config.steps * s.config.batch * (4 if s.config.model == "cnn" else 1))
   if args.workers > 1: return run_with_workers(argv, args.workers, specs, console=console, **suite_args)
   return run_suite(specs, console=console, **suite_args)
 
