@@ -314,8 +314,9 @@ def grid_axes(groups: list[Group]) -> tuple[str, str] | None:
 
 class Plotter:
   """Writes one report folder's figures and remembers the written paths; a failing plot is a warning, not a lost report."""
-  def __init__(self, folder: Path, model: str, warn: Callable[[str], None]):
+  def __init__(self, folder: Path, model: str, warn: Callable[[str], None], redraw: bool = True):
     self.folder, self.model, self.warn, self.written, self.used = folder, model, warn, [], set()
+    self.redraw = redraw  # False: keep figures that already exist (their runs did not change)
 
   def __call__(self, filename: str, draw: Callable[[Path], Path]) -> str | None:
     """Draws into plots/<model>/<filename>; returns the markdown-relative path, or None when it could not be drawn."""
@@ -326,6 +327,7 @@ class Plotter:
     rel = f"plots/{self.model}/{filename}"
     try:
       path = plots.safe_path(self.folder, "plots", self.model, filename)
+      if not self.redraw and path.exists(): return rel
       self.written.append(draw(path))
       return rel
     except Exception as e:  # one bad history must not cost the whole report
@@ -394,11 +396,11 @@ def target_line(model: str, best: Group | None) -> str:
 
 
 def model_report(folder: Path, suite: str, dataset: str, model: str, records: list[dict], others: list[str],
-                 warn: Callable[[str], None]) -> tuple[str, list[Path], dict]:
+                 warn: Callable[[str], None], redraw: bool = True) -> tuple[str, list[Path], dict]:
   """Markdown text, written plot paths and a summary (for index.md and comparison.md) of one model's runs."""
   groups = make_groups(records)
   categories = by_category(groups)
-  plot = Plotter(folder, model, warn)
+  plot = Plotter(folder, model, warn, redraw)
   devices = sorted({str(r.get("device")) for r in records if r.get("device")}) or ["unknown"]
   versions = sorted({str(r.get("tinygrad_version")) for r in records if r.get("tinygrad_version")}) or ["unknown"]
   best, verdict_text = verdict(groups)
@@ -550,8 +552,11 @@ def report_folder(results_dir: Path, suite: str, dataset: str) -> Path:
 def _stderr(message: str) -> None: print(f"warning: {message}", file=sys.stderr)
 
 
-def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None) -> list[Path]:
+def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None,
+                  redraw: set[tuple[str, str]] | None = None) -> list[Path]:
   """Regenerate every report from the stored records; returns the written paths (markdown, CSV, PNG).
+  redraw: the (suite, dataset) pairs whose figures are drawn again (None: all); other pairs keep figures that exist,
+  which keeps a suite's end quick when the results folder holds many other studies.
   warn gets one line per record skipped by this module's checks and per failed plot (the store's own warnings for
   unreadable files are not repeated: its caller prints them); all of them are also listed in index.md."""
   results_dir = Path(results_dir)
@@ -573,7 +578,8 @@ def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None) 
     summaries = []
     for model in sorted(models, key=model_order):
       others = [m for m in sorted(models, key=model_order) if m != model]
-      text, pngs, summary = model_report(folder, suite, dataset, model, models[model], others, note)
+      text, pngs, summary = model_report(folder, suite, dataset, model, models[model], others, note,
+                                         redraw is None or (suite, dataset) in redraw)
       md = plots.safe_path(folder, f"{model}.md")
       md.write_text(text)
       written += [md, write_csv(plots.safe_path(folder, f"{model}.csv"), models[model]), *pngs]

@@ -102,10 +102,10 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
       finally:
         store.release(claim)
   except KeyboardInterrupt:
-    rebuild_reports(results, console)
+    rebuild_reports(results, console, suite, specs)
     console.print(f"[red]interrupted[/] after {len(finished)} finished runs (kept in {results}/runs)")
     raise
-  rebuild_reports(results, console)
+  rebuild_reports(results, console, suite, specs)
   console.print(f"{len(finished)} trained, {skipped} already finished (skipped; --rerun to train again)"
                 + (f", {busy} held by another explorer" if busy else "") + f" · {time.perf_counter() - started_wall:.1f}s")
   if finished and summary:
@@ -136,7 +136,7 @@ def run_with_workers(argv: list[str], workers: int, specs: list[RunSpec], suite:
   finally:
     codes = [p.wait() for p, _ in children]  # Ctrl-C reaches the whole process group: they stop and record too
     for _, log in children: log.close()
-  rebuild_reports(results, console)
+    rebuild_reports(results, console, suite, specs)
   records = [store.read_record(store.record_path(results, suite, s.config.dataset, s.config.model, s.name)) for s in specs]
   records = [r for r in records if r]
   if records:
@@ -159,10 +159,11 @@ def train_with_progress(trainer, spec: RunSpec, data, console: Console) -> dict:
     return trainer.run(cfg, data, progress)
 
 
-def rebuild_reports(results: Path, console: Console) -> None:
+def rebuild_reports(results: Path, console: Console, suite: str, specs: list[RunSpec]) -> None:
+  if os.environ.get(WORKER_ENV): return  # a helper process: the main one rebuilds once all are done
   from explorer.report import write_reports
   try:
-    paths = write_reports(results)
+    paths = write_reports(results, redraw={(suite, s.config.dataset) for s in specs})
   except UserError: raise
   except Exception as e:  # a report bug must not hide the stored runs
     console.print(f"[red]report failed[/] ({type(e).__name__}: {e}); runs are safe in {results}/runs; retry with: python mnist_explorer.py report")
