@@ -254,3 +254,17 @@ def test_summary_table(built):
   text = console.export_text()
   assert "baseline-r0" in text and "97.00%" in text and "diverged" in text and "cnn" in text
   assert stat([0.97, 0.972, 0.974]).std == pytest.approx(0.002)
+
+
+def test_redraw_only_the_named_suites(tmp_path):
+  recs = [make_record("a", "a", "c", 0.9), make_record("b", "b", "c", 0.8, suite="other")]
+  write_records(tmp_path, recs)
+  write_reports(tmp_path, warn=lambda w: None)
+  kept = tmp_path / "other-mnist" / "plots" / "mlp" / "b.png"
+  redrawn = tmp_path / "plots" / "mlp" / "a.png"
+  kept.write_bytes(b"old figure")
+  redrawn.write_bytes(b"old figure")
+  write_reports(tmp_path, warn=lambda w: None, redraw={("experiments", "mnist")})
+  assert kept.read_bytes() == b"old figure", "another suite's existing figure is kept"
+  assert redrawn.read_bytes().startswith(b"\x89PNG"), "the named suite's figure is drawn again"
+  assert "b" in (tmp_path / "other-mnist" / "mlp.md").read_text(), "its markdown is still regenerated"
