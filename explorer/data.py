@@ -130,6 +130,17 @@ def _check_int(label: str, v) -> int:
   if isinstance(v, bool) or not isinstance(v, (int, np.integer)): raise UserError(f"{label} must be a whole number, got {v!r}")
   return int(v)
 
+def _check_not_other_dataset(name: str, labels: Path) -> None:
+  """A folder named for one dataset but used for the other would train silently on the wrong images: compare the
+  (small) training-labels file with the published files of the other dataset."""
+  if labels.suffix != ".gz": return
+  digest = hashlib.md5(labels.read_bytes()).hexdigest()
+  for other, sums in MD5.items():
+    if other != name and digest == sums[TRAIN_LABELS]:
+      raise UserError(f"data folder {labels.parent} holds the {other} files, but the dataset is {name}: "
+                      f"point --data-dir/DATA_DIR at the {name} files (or at a folder with {name}/ and {other}/ inside)")
+
+
 def load_dataset(name: str, data_dir: str | Path | None = None, val_size: int = 10000, train_size: int | None = None,
                  download: bool = True) -> Dataset:
   name = _check_name(name)
@@ -139,10 +150,12 @@ def load_dataset(name: str, data_dir: str | Path | None = None, val_size: int = 
     # an explicit folder must work: falling back to another copy would hide the user's mistake
     folder = Path(data_dir).expanduser()
     if not folder.is_dir(): raise UserError(f"data folder {folder} does not exist; create it with the four {name} files or fix --data-dir")
+    if (folder / name).is_dir(): folder = folder / name  # one DATA_DIR for both datasets: DATA_DIR/mnist, DATA_DIR/fashion
     paths = _pick(_folder_candidates(folder))
     if missing := [f for f, p in paths.items() if p is None]:
       raise UserError(f"data folder {folder} is missing {', '.join(missing)} (gzipped or not); copy the {name} files there")
     source = str(folder.resolve())
+    _check_not_other_dataset(name, paths[TRAIN_LABELS])
   else:
     searched, paths = [], None
     for folder, candidates in _search_locations(name):

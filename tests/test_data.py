@@ -225,3 +225,22 @@ def test_real_fashion(isolated, monkeypatch):
   assert len(ds.x_train) + len(ds.x_val) == 60000 and len(ds.x_val) == 10000 and len(ds.x_test) == 10000
   assert list(np.bincount(ds.y_test, minlength=10)) == [1000] * 10
   assert_normalization(ds)
+
+
+def test_data_dir_with_the_other_datasets_files_is_refused(tmp_path, monkeypatch):
+  from explorer import data
+  folder = tmp_path / "d"
+  folder.mkdir()
+  x, y = np.zeros((12, 28, 28), np.uint8), (np.arange(12) % 10).astype(np.uint8)
+  for f, arr, kind in ((data.TRAIN_IMAGES, x, "images"), (data.TRAIN_LABELS, y, "labels"), (data.TEST_IMAGES, x, "images"), (data.TEST_LABELS, y, "labels")):
+    data.write_idx(folder / f, arr, kind)
+  digest = __import__("hashlib").md5((folder / data.TRAIN_LABELS).read_bytes()).hexdigest()
+  monkeypatch.setitem(data.MD5, "mnist", {**data.MD5["mnist"], data.TRAIN_LABELS: digest})  # pretend these are MNIST's
+  with pytest.raises(UserError) as e: data.load_dataset("fashion", folder, val_size=2)
+  assert "holds the mnist files, but the dataset is fashion" in str(e.value)
+  assert data.load_dataset("mnist", folder, val_size=2).name == "mnist"
+  (tmp_path / "both" / "fashion").mkdir(parents=True)
+  for f in folder.iterdir(): (tmp_path / "both" / "fashion" / f.name).write_bytes(f.read_bytes())
+  monkeypatch.setitem(data.MD5, "mnist", dict(data.MD5["mnist"]))
+  monkeypatch.setitem(data.MD5["mnist"], data.TRAIN_LABELS, "0" * 32)
+  assert data.load_dataset("fashion", tmp_path / "both", val_size=2).source.endswith("fashion"), "DATA_DIR/<dataset> is used"
