@@ -3,7 +3,9 @@
 
   python bench/bench.py                                  default MLP and CNN, batch 128 and 512, tinygrad and torch
   python bench/bench.py --models mlp --batches 128 --steps 50 --no-torch
-  python bench/bench.py --suite                          also time the default MLP suite: one process vs one per category/run
+  python bench/bench.py --beam 2                         tinygrad with the explorer's --beam 2 (first run searches, minutes)
+  python bench/bench.py --models mlp --suite             also the default MLP suite's wall time: one fresh process per
+                                                         configuration vs the explorer in one process and with --workers 2
 
 Prints a markdown table (device, versions, CPU) to paste into the README. torch is optional (imported only here); without
 it, or with --no-torch, only tinygrad is timed. JIT=1 is forced (it is tinygrad's default too). Timings are the median
@@ -19,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from explorer.config import load_toml, make_config, suite_specs  # noqa: E402
 from explorer.data import load_dataset, normalization  # noqa: E402
+from explorer.train import batch_indices  # noqa: E402
 
 DEFAULT_DATA = os.environ.get("DATA_DIR", "/work/shared/data/mnist")
 EXPERIMENTS = ROOT / "experiments.toml"
@@ -31,14 +34,8 @@ def default_config(model: str, batch: int, steps: int, experiments: Path = EXPER
 
 
 def batches(data, cfg, n: int):
-  """The same sampling as Trainer.run: a seeded permutation, sorted index slices, a new permutation per epoch."""
-  rng = np.random.default_rng(cfg.seed)
-  order, cursor = rng.permutation(len(data.x_train)), 0
-  for _ in range(n):
-    if cursor + cfg.batch > len(order): order, cursor = rng.permutation(len(data.x_train)), 0
-    idx = np.sort(order[cursor:cursor + cfg.batch])
-    cursor += cfg.batch
-    yield data.x_train[idx], data.y_train[idx]
+  """The batches Trainer.run would draw (same indices, same order)."""
+  for _, idx in zip(range(n), batch_indices(len(data.x_train), cfg.batch, cfg.seed)): yield data.x_train[idx], data.y_train[idx]
 
 
 def cpu_name() -> str:
@@ -52,7 +49,6 @@ def cpu_name() -> str:
 # ---------------------------------------------------------------- tinygrad (the product's code path)
 
 def bench_tinygrad(trainer, cfg, data, steps: int) -> dict:
-  from tinygrad import Tensor
   t0 = time.perf_counter()
   c = trainer.prepare(cfg)
   trainer.reset(c, cfg)
@@ -60,7 +56,7 @@ def bench_tinygrad(trainer, cfg, data, steps: int) -> dict:
   times, losses = [], []
   for i, (xb, yb) in enumerate(batches(data, cfg, WARMUP + steps)):
     ts = time.perf_counter()
-    loss = c.train_step(Tensor(xb, device=trainer.device), Tensor(yb, device=trainer.device)).item()
+    loss = trainer.train_batch(c, xb, yb)
     times.append(time.perf_counter() - ts)
     losses.append(loss)
   ms = 1000 * float(np.median(times[WARMUP:]))
@@ -138,32 +134,56 @@ from explorer.data import load_dataset
 spec = next(s for s in suite_specs(load_toml({cfg!r}), {model!r}, {cfg!r}) if s.name == {name!r})
 data = load_dataset(spec.config.dataset, {data!r})
 from explorer.train import Trainer
-r = Trainer().run(spec.config, data)
+r = Trainer(beam={beam}).run(spec.config, data)
 assert r["status"] == "done", r["status"]
+print("ACC", spec.name, r["test_acc"])
 """
 
 
-def bench_suite(model: str, data_dir: str, modes: list[str]) -> list[tuple[str, int, float]]:
-  """Wall time of the whole default suite: the CLI in one process, one CLI process per category, one process per run."""
+def run_timed(cmd: list[str], env: dict) -> tuple[float, str]:
+  t0 = time.perf_counter()
+  r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+  wall = time.perf_counter() - t0
+  if r.returncode != 0: raise SystemExit(f"bench: {' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
+  return wall, r.stdout
+
+
+def suite_accuracies(results: Path, model: str) -> dict[str, float]:
+  import json
+  return {json.loads(f.read_text())["name"]: json.loads(f.read_text())["metrics"].get("test_acc")
+          for f in (results / "runs" / "experiments" / "mnist" / model).glob("*.json")}
+
+
+def bench_suite(model: str, data_dir: str, modes: list[str], beam: int, workers: int) -> tuple[list[tuple[str, int, float]], dict]:
+  """Wall time of the whole default suite: the CLI in one process, the CLI with --workers, one CLI process per category,
+  one fresh process per configuration; and each run's test accuracy per way (they must agree)."""
   env = {**os.environ, "JIT": "1"}
   specs = suite_specs(load_toml(EXPERIMENTS), model, EXPERIMENTS)
   categories = list(dict.fromkeys(s.category for s in specs))
-  cli = [sys.executable, str(ROOT / "mnist_explorer.py"), model, "--data-dir", data_dir, "--rerun", "--config", str(EXPERIMENTS)]
-  out = []
+  cli = [sys.executable, str(ROOT / "mnist_explorer.py"), model, "--data-dir", data_dir, "--rerun", "--config", str(EXPERIMENTS),
+         "--beam", str(beam)]
+  out, accs = [], {}
   with tempfile.TemporaryDirectory(prefix="bench-suite-") as tmp:
     if "one" in modes:
-      out.append(("CLI, one process", 1, run_timed(cli + ["--results", f"{tmp}/one"], env)))
+      out.append(("CLI, one process", 1, run_timed(cli + ["--results", f"{tmp}/one"], env)[0]))
+      accs["one"] = suite_accuracies(Path(tmp) / "one", model)
+    if "workers" in modes:
+      out.append((f"CLI, --workers {workers}", workers, run_timed(cli + ["--results", f"{tmp}/workers", "--workers", str(workers)], env)[0]))
+      accs["workers"] = suite_accuracies(Path(tmp) / "workers", model)
     if "category" in modes:
-      t = sum(run_timed(cli + ["--results", f"{tmp}/cat", "--category", c], env) for c in categories)
+      t = sum(run_timed(cli + ["--results", f"{tmp}/cat", "--category", c], env)[0] for c in categories)
       out.append(("CLI, one process per category", len(categories), t))
     if "run" in modes:
-      t = 0.0
+      t, accs["run"] = 0.0, {}
       for s in specs:
-        code = ONE_RUN.format(root=str(ROOT), cfg=str(EXPERIMENTS), model=model, name=s.name, data=data_dir)
-        t += run_timed([sys.executable, "-c", code], env)
-      out.append(("Trainer.run, one process per configuration", len(specs), t))
+        code = ONE_RUN.format(root=str(ROOT), cfg=str(EXPERIMENTS), model=model, name=s.name, data=data_dir, beam=beam)
+        wall, stdout = run_timed([sys.executable, "-c", code], env)
+        t += wall
+        _, name, acc = stdout.split("ACC", 1)[1].split()
+        accs["run"][name] = float(acc)
+      out.append(("one fresh process per configuration (Trainer.run, one after another)", len(specs), t))
   print(f"# suite {model}: {len(specs)} configurations, {sum(s.config.steps for s in specs)} steps", file=sys.stderr)
-  return out
+  return out, accs
 
 
 # ---------------------------------------------------------------- main
@@ -176,7 +196,9 @@ def parse_args(argv):
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True, help="also time PyTorch when importable")
   p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads(N) (default 0: torch's own default)")
   p.add_argument("--suite", action="store_true", help="also time the default suite of the first model (minutes)")
-  p.add_argument("--suite-modes", default="one,category,run", help="which suite variants: one,category,run (default all)")
+  p.add_argument("--suite-modes", default="run,one,workers", help="which suite variants: run,one,workers,category (default run,one,workers)")
+  p.add_argument("--workers", type=int, default=2, help="processes for the 'workers' suite variant (default 2)")
+  p.add_argument("--beam", type=int, default=0, help="the explorer's --beam N: BEAM search for the compiled steps (default 0)")
   p.add_argument("--data-dir", default=DEFAULT_DATA, help=f"MNIST IDX folder (default {DEFAULT_DATA}, env DATA_DIR)")
   args = p.parse_args(argv)
   args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -198,7 +220,7 @@ def main(argv=None) -> int:
     except ImportError: print("# torch not importable: timing tinygrad only", file=sys.stderr)
     if torch and args.torch_threads > 0: torch.set_num_threads(args.torch_threads)
   data = load_dataset("mnist", args.data_dir)
-  trainer = Trainer()
+  trainer = Trainer(beam=args.beam)
   rows = []
   for model in args.models:
     for b in args.batches:
@@ -215,7 +237,7 @@ def main(argv=None) -> int:
 
   dev = Device.DEFAULT
   print(f"**Device** {dev} (tinygrad {version('tinygrad')}, JIT={os.environ.get('JIT')}, renderer "
-        f"{type(Device[dev].renderer).__name__}, NUM_CPU_THREADS={NUM_CPU_THREADS.value}, BEAM={os.environ.get('BEAM', '0')})"
+        f"{type(Device[dev].renderer).__name__}, NUM_CPU_THREADS={NUM_CPU_THREADS.value}, --beam {args.beam})"
         + (f"; **torch** {torch.__version__}, {torch.get_num_threads()} threads" if torch else "; torch not timed")
         + f"; **CPU** {cpu_name()}, {os.cpu_count()} logical cores; Python {platform.python_version()}.  ")
   print(f"Median of {args.steps} steps after {WARMUP} warm-up steps (IQR in brackets); first step = trace + compile; "
@@ -234,12 +256,17 @@ def main(argv=None) -> int:
 
   if args.suite:
     model = args.models[0]
-    results = bench_suite(model, args.data_dir, [m.strip() for m in args.suite_modes.split(",")])
-    print(f"\nDefault `{model}` suite wall time (JIT=1, fresh results folder, --rerun):\n")
-    print("| how | processes | wall s | vs one process |\n| --- | ---: | ---: | ---: |")
-    base = next((t for name, _, t in results if name.startswith("CLI, one process") and "per" not in name), None)
+    results, accs = bench_suite(model, args.data_dir, [m.strip() for m in args.suite_modes.split(",")], args.beam, args.workers)
+    print(f"\nDefault `{model}` suite wall time (JIT=1, --beam {args.beam}, fresh results folder, --rerun):\n")
+    print("| how | processes | wall s | speed-up vs one process per configuration |\n| --- | ---: | ---: | ---: |")
+    base = next((t for name, _, t in results if name.startswith("one fresh process")), None)
     for name, n, t in results:
-      print(f"| {name} | {n} | {t:.1f} | " + (f"{t / base:.2f}x |" if base else "- |"))
+      print(f"| {name} | {n} | {t:.1f} | " + (f"{base / t:.2f}x |" if base else "- |"))
+    if len(accs) > 1:
+      ref_name, ref = next(iter(accs.items()))
+      worst = max(abs(a[k] - ref[k]) for a in accs.values() for k in ref if k in a)
+      print(f"\nTest accuracy, largest difference between the ways for one configuration: {100 * worst:.2f} points "
+            f"({', '.join(f'{k}: {len(v)} runs' for k, v in accs.items())}).")
   return 0
 
 

@@ -1,10 +1,10 @@
 """One idea at a time, each in a fresh process: ms/step of the default model's train step with one thing changed.
   python bench/experiments_step.py VARIANT [model] [batch] [steps]
-Variants: base (the product's Trainer), noitem (no per-step .item(): sync once at the end), gather (whole uint8 train set
+Variants: base (the product's Trainer.train_batch: batches copied into preallocated input buffers), noitem (no per-step .item(): sync once at the end), gather (whole uint8 train set
 on the device, batch gathered by an index tensor inside the JIT), shrink (per-epoch shuffled copy on the device, batch
 = a Variable slice), constlr (plain LR buffer, no in-graph schedule), tg_adamw / tg_adamw_fused (tinygrad's nn.optim
 AdamW instead of explorer.optim), nocontig (models without .contiguous() after activations), half (float16 params)."""
-import math, sys, time
+import math, os, sys, time
 from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))
@@ -34,13 +34,13 @@ if variant == "nocontig":  # patch the model code path: activation output not ma
   import models as M; M.MLP, M.CNN = models.mlp.MLP, models.cnn.CNN
 
 def run_product(sync_each=True):
-  tr = Trainer(); c = tr.prepare(cfg); tr.reset(c, cfg)
+  tr = Trainer(beam=int(os.environ.get("EXPLORER_BEAM", 0))); c = tr.prepare(cfg); tr.reset(c, cfg)
   times = []
   bs = list(batches(data, cfg, WARMUP + STEPS))
-  for x, y in bs[:WARMUP]: c.train_step(Tensor(x), Tensor(y)).item()
+  for x, y in bs[:WARMUP]: tr.train_batch(c, x, y)
   if sync_each:
     for x, y in bs[WARMUP:]:
-      t = time.perf_counter(); c.train_step(Tensor(x), Tensor(y)).item(); times.append(time.perf_counter() - t)
+      t = time.perf_counter(); tr.train_batch(c, x, y); times.append(time.perf_counter() - t)
     return np.median(times)
   t = time.perf_counter()
   for x, y in bs[WARMUP:]: loss = c.train_step(Tensor(x), Tensor(y))

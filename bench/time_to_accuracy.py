@@ -9,13 +9,12 @@ to answer "how long until 99 %", as the issue asks; the explorer itself chooses 
 from __future__ import annotations
 import argparse, os, sys, time
 from pathlib import Path
-import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("JIT", "1")
-from tinygrad import Device, Tensor  # noqa: E402
+from tinygrad import Device  # noqa: E402
 from explorer.config import make_config  # noqa: E402
 from explorer.data import load_dataset  # noqa: E402
-from explorer.train import Trainer  # noqa: E402
+from explorer.train import Trainer, batch_indices  # noqa: E402
 
 # tuned for this 2-core CPU: small convs (the CPU backend is ~10 GFLOPS on one core), BatchNorm, a short cosine schedule
 TUNED_CNN = {"channels": [16, 32], "kernel": 3, "norm": "batch", "width": 128, "batch": 128, "lr_max": 3e-3, "steps": 1500,
@@ -28,24 +27,21 @@ def main() -> None:
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hyperparameter")
   p.add_argument("--target", type=float, default=0.99)
   p.add_argument("--every", type=int, default=100, help="steps between test evaluations")
+  p.add_argument("--beam", type=int, default=0, help="the explorer's --beam N for the compiled steps (default 0)")
   p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared/data/mnist")))
   args = p.parse_args()
   values = dict(TUNED_CNN) if args.model == "cnn" else {}
   values.update(kv.split("=", 1) for kv in args.set)
   cfg = make_config(args.model, values, "bench")
   data = load_dataset(cfg.dataset, args.data_dir)
-  trainer = Trainer()
+  trainer = Trainer(beam=args.beam)
   c = trainer.prepare(cfg)
   trainer.reset(c, cfg)
-  rng = np.random.default_rng(cfg.seed)
-  order, cursor, train_s, reached = rng.permutation(len(data.x_train)), 0, 0.0, None
-  print(f"device {Device.DEFAULT} · {cfg}")
-  for step in range(1, cfg.steps + 1):
-    if cursor + cfg.batch > len(order): order, cursor = rng.permutation(len(data.x_train)), 0
-    idx = np.sort(order[cursor:cursor + cfg.batch])
-    cursor += cfg.batch
+  train_s, reached = 0.0, None
+  print(f"device {Device.DEFAULT} · --beam {args.beam} · {cfg}")
+  for step, idx in zip(range(1, cfg.steps + 1), batch_indices(len(data.x_train), cfg.batch, cfg.seed)):
     t0 = time.perf_counter()
-    c.train_step(Tensor(data.x_train[idx]), Tensor(data.y_train[idx])).item()
+    trainer.train_batch(c, data.x_train[idx], data.y_train[idx])
     train_s += time.perf_counter() - t0
     if step % args.every == 0 or step == cfg.steps:
       _, test_acc = trainer.evaluate(c, data.x_test, data.y_test)

@@ -12,7 +12,7 @@ from explorer.errors import UserError
 from explorer import store
 
 
-def make_record(spec: RunSpec, suite: str, result: dict | None, status: str, error: str | None, started_at: str) -> dict:
+def make_record(spec: RunSpec, suite: str, result: dict | None, status: str, error: str | None, started_at: str, beam: int = 0) -> dict:
   result = result or {}
   metric_keys = ("test_acc", "test_loss", "best_val_acc", "best_val_step", "final_val_acc", "final_val_loss", "final_train_loss",
                  "train_acc", "train_eval_loss")
@@ -21,7 +21,7 @@ def make_record(spec: RunSpec, suite: str, result: dict | None, status: str, err
     "category": spec.category, "description": spec.description, "axes": spec.axes, "config_hash": spec.config.hash(),
     "capped_from": spec.capped_from, "config": spec.config.to_dict(), "status": status, "error": error,
     "metrics": {k: result[k] for k in metric_keys if k in result}, "history": result.get("history", {}),
-    **{k: result.get(k) for k in ("params", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "steps_done", "device")},
+    **{k: result.get(k) for k in ("params", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "steps_done", "device")}, "beam": beam,
     "tinygrad_version": version("tinygrad"), "code_version": CODE_VERSION, "dataset": spec.config.dataset, "host": platform.node() or socket.gethostname(),
     "started_at": started_at, "finished_at": store.now_iso(),
   }
@@ -45,7 +45,7 @@ def _pct(x) -> str: return "-" if x is None or (isinstance(x, float) and math.is
 
 
 def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | None, rerun_since: str | None, device: str,
-              console: Console, summary: bool = True) -> int:
+              console: Console, summary: bool = True, beam: int = 0) -> int:
   """rerun_since: with --rerun, the start time of the command: only records finished after it count as done (so the
   worker processes of one --rerun command still share the work)."""
   from explorer.train import Trainer  # imports tinygrad: only once the inputs are known to be good
@@ -54,7 +54,8 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
   datasets = {name: load_dataset(name, data_dir) for name in sorted({s.config.dataset for s in specs})}
   for name, ds in datasets.items(): console.print(f"data: {name} from {ds.source} ({len(ds.x_train)} train, {len(ds.x_val)} val, {len(ds.x_test)} test)")
   console.print(f"device: {device} · tinygrad {version('tinygrad')} · {len(specs)} runs · results in {results}/")
-  trainer = Trainer()
+  trainer = Trainer(beam=beam)
+  if beam: console.print(f"BEAM={beam} kernel search for the compiled steps (cached on disk after the first run of a shape)")
   finished, skipped, failed, busy = [], 0, 0, 0
   started_wall = time.perf_counter()
   try:
@@ -91,7 +92,7 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
           result, status, error = None, "failed", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
           console.print(f"[red]failed:[/] {error}")
           console.print(f"[dim]{traceback.format_exc(limit=3)}[/]")
-        record = make_record(spec, suite, result, status, error, started_at)
+        record = make_record(spec, suite, result, status, error, started_at, beam)
         store.save_record(path, record)
         finished.append(record)
         failed += status == "failed"

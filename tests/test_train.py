@@ -1,11 +1,12 @@
 """Training: schedule values, model shapes, every hyperparameter takes effect, compile-once reuse gives the same
 numbers as a fresh compile, divergence, plateau decay, augmentation, normalization layers, a real MNIST run."""
-import math
+import itertools, math
 import numpy as np
 import pytest
 from tinygrad import Tensor
 from explorer.config import KEYS, make_config, with_overrides
-from explorer.train import Schedule, Trainer, lr_at
+from explorer.errors import UserError
+from explorer.train import Schedule, Trainer, batch_indices, lr_at
 from models import build_model, count_parameters, reset_model
 from models.augment import random_affine
 from models.layers import Norm, Rng
@@ -183,3 +184,42 @@ def test_real_mnist_mlp_reaches_a_meaningful_accuracy(mnist):
   assert result["status"] == "done"
   assert result["test_acc"] > 0.90 and result["best_val_acc"] > 0.90
   assert result["history"]["train_loss"][-1] < result["history"]["train_loss"][0] / 3
+
+
+def test_preallocated_inputs_train_exactly_like_fresh_tensors(tiny_data):
+  """The fast input path (batches copied into buffers allocated once) gives the losses of plain Tensor(np) inputs."""
+  cfg = make_config("mlp", {**TINY_MLP, "steps": 6, "dropout": 0.2}, "t")
+  fast = Trainer().run(cfg, tiny_data)["history"]["train_loss"]
+  trainer = Trainer()
+  c = trainer.prepare(cfg)
+  trainer.reset(c, cfg)
+  plain = [c.train_step(Tensor(tiny_data.x_train[idx]), Tensor(tiny_data.y_train[idx])).item()
+           for _, idx in zip(range(cfg.steps), batch_indices(len(tiny_data.x_train), cfg.batch, cfg.seed))]
+  assert fast == plain
+
+
+def test_batch_indices_cover_each_epoch_once_and_repeat_for_a_seed():
+  a = list(itertools.islice(batch_indices(100, 30, seed=3), 6))  # 3 full batches per epoch, the last 10 images dropped
+  assert all(len(b) == 30 and list(b) == sorted(b) for b in a)
+  first_epoch = np.concatenate(a[:3])
+  assert len(set(first_epoch)) == 90
+  assert not np.array_equal(a[0], a[3]), "each epoch is reshuffled"
+  assert all(np.array_equal(x, y) for x, y in zip(a, itertools.islice(batch_indices(100, 30, seed=3), 6)))
+  with pytest.raises(UserError, match="larger than the training set"): next(batch_indices(10, 30, seed=0))
+
+
+def test_beam_searches_the_compiled_steps_and_trains_the_same(tiny_data, monkeypatch):
+  """--beam N: tinygrad's kernel search runs for the train and eval steps (not for a plain run), and the searched
+  kernels compute the same training up to float summation order. The first run searches (~1 min here); tinygrad's
+  disk cache makes later ones fast."""
+  import tinygrad.codegen.opt.search as search
+  searched = []
+  real = search.beam_search
+  monkeypatch.setattr(search, "beam_search", lambda *a, **k: searched.append(a[3]) or real(*a, **k))
+  cfg = make_config("mlp", {**TINY_MLP, "steps": 5, "eval_every": 5}, "t")
+  plain = Trainer().run(cfg, tiny_data)
+  assert searched == []
+  beamed = Trainer(beam=1).run(cfg, tiny_data)
+  assert len(searched) > 10 and set(searched) == {1}, "train and eval kernels were searched with width 1"
+  np.testing.assert_allclose(beamed["history"]["train_loss"], plain["history"]["train_loss"], rtol=1e-5)
+  assert beamed["test_acc"] == pytest.approx(plain["test_acc"], abs=0.002)
