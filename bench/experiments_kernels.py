@@ -12,11 +12,11 @@ if os.environ.get("_INNER"):
   from explorer.train import Trainer
   model, b = sys.argv[1], int(sys.argv[2])
   cfg = default_config(model, b, 10)
-  tr = Trainer(); c = tr.prepare(cfg); tr.reset(c, cfg)
+  tr = Trainer(beam=int(os.environ.get("EXPLORER_BEAM", 0))); c = tr.prepare(cfg); tr.reset(c, cfg)
   data = load_dataset("mnist", "/work/shared/data/mnist")
   for i, (x, y) in enumerate(batches(data, cfg, 6)):
     if i == 5: print("=====MARK", flush=True)
-    with Context(DEBUG=2 if i == 5 else 0): c.train_step(Tensor(x), Tensor(y)).item()
+    with Context(DEBUG=2 if i == 5 else 0): tr.train_batch(c, x, y)
   raise SystemExit
 out = subprocess.run([sys.executable, __file__, *sys.argv[1:]], env={**os.environ, "_INNER": "1"}, capture_output=True, text=True)
 txt = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr).split("=====MARK", 1)[-1]

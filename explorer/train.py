@@ -106,7 +106,10 @@ class Trainer:
     self.beam = beam
 
   def _call(self, jit: Callable, *args: Tensor):
-    with Context(BEAM=self.beam if getattr(jit, "cnt", 0) <= 1 else 0): return jit(*args)
+    # a TinyJit compiles on its first call and captures on its second: search then; later calls replay (and without
+    # --beam, tinygrad's own BEAM env var keeps its global meaning)
+    if not self.beam or getattr(jit, "cnt", 0) > 1: return jit(*args)
+    with Context(BEAM=self.beam): return jit(*args)
 
   def prepare(self, cfg: RunConfig) -> Compiled:
     key = cfg.shape_key()
