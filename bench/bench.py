@@ -179,7 +179,7 @@ def bench_suite(model: str, data_dir: str, modes: list[str], beam: int, workers:
         code = ONE_RUN.format(root=str(ROOT), cfg=str(EXPERIMENTS), model=model, name=s.name, data=data_dir, beam=beam)
         wall, stdout = run_timed([sys.executable, "-c", code], env)
         t += wall
-        _, name, acc = stdout.split("ACC", 1)[1].split()
+        name, acc = stdout.split("ACC", 1)[1].split()
         accs["run"][name] = float(acc)
       out.append(("one fresh process per configuration (Trainer.run, one after another)", len(specs), t))
   print(f"# suite {model}: {len(specs)} configurations, {sum(s.config.steps for s in specs)} steps", file=sys.stderr)

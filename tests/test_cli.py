@@ -67,6 +67,7 @@ def records(tmp_path) -> dict[str, dict]:
   (["mlp"], {"DATASET": "cifar"}, "dataset must be one of mnist, fashion"),
   (["mlp", "--category", "dropout"], {}, "unknown category 'dropout'"),
   (["mlp", "--max-steps", "0"], {}, "--max-steps must be >= 1"),
+  (["mlp", "--beam", "40"], {}, "--beam must be 0..16, got 40"),
   (["cnn"], {}, "no [cnn] section"),
   (["mlp", "--config", "/nonexistent.toml"], {}, "not found"),
   (["mlp", "--results", "/proc/version/results"], {}, "not writable"),
