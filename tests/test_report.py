@@ -224,6 +224,7 @@ def test_capped_note_index_and_comparison(built):
   assert "[comparison.md](comparison.md)" in md
   assert not (results / "quick-fashion" / "comparison.md").exists()
   assert (results / "quick-fashion" / "mlp.md").read_text().startswith("# MLP on fashion — suite `quick`")
+  assert "**Target**" not in (results / "quick-fashion" / "mlp.md").read_text(), "the 95 % target is MNIST's, not Fashion-MNIST's"
 
 
 def test_regenerate_and_empty(tmp_path):
