@@ -78,7 +78,11 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
 def cap_steps(spec: RunSpec, max_steps: int) -> RunSpec:
   cfg = spec.config
   if cfg.steps <= max_steps: return spec
-  capped = replace(cfg, steps=max_steps, warmup=min(cfg.warmup, max_steps // 10), decay_every=min(cfg.decay_every, max_steps),
+  # the schedule's step counts shrink with the run, so a quick pass keeps each run's LR shape (and configurations that
+  # differ only in warmup or decay period stay different); 0 means "derived from steps" and stays 0
+  scale = max_steps / cfg.steps
+  def shrink(n: int) -> int: return max(1, round(n * scale)) if n else 0
+  capped = replace(cfg, steps=max_steps, warmup=min(shrink(cfg.warmup), max_steps - 1), decay_every=shrink(cfg.decay_every),
                    eval_every=min(cfg.eval_every, max_steps))
   return replace(spec, config=capped, capped_from=cfg.steps)
 

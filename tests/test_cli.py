@@ -214,3 +214,19 @@ def test_workers_share_one_suite_and_rerun_trains_each_once(tmp_path, data_dir):
     trained = (r.stdout + log).count("done val")
     assert trained == 4, f"{args}: each run trained exactly once, got {trained}"
     assert set(records(tmp_path)) == {"baseline", "lr-high", "lr-low", "batch-8"}
+
+
+def test_max_steps_scales_the_schedule_lengths():
+  """--max-steps shrinks warmup and step-decay period with the run, so runs stay distinct and keep their LR shape."""
+  from mnist_explorer import cap_steps
+  from explorer.config import RunSpec, make_config
+  def capped(**values):
+    cfg = make_config("mlp", {"steps": 500, **values}, "t")
+    return cap_steps(RunSpec(name="r", group="r", category="c", description="", axes={}, config=cfg), 300)
+  assert [capped(warmup=w).config.warmup for w in (0, 50, 150)] == [0, 30, 90]
+  c = capped(warmup=150, decay_every=100, eval_every=50, schedule="step")
+  assert (c.config.steps, c.config.decay_every, c.config.eval_every, c.capped_from) == (300, 60, 50, 500)
+  assert capped(decay_every=0).config.decay_every == 0, "0 (derived from steps) stays derived"
+  assert capped(warmup=499).config.warmup == 299, "warmup stays shorter than the run"
+  once = capped(warmup=150)
+  assert cap_steps(once, 300) == once, "a run already within the cap is left alone"
