@@ -150,8 +150,8 @@ def run_timed(cmd: list[str], env: dict) -> tuple[float, str]:
 
 def suite_accuracies(results: Path, model: str) -> dict[str, float]:
   import json
-  return {json.loads(f.read_text())["name"]: json.loads(f.read_text())["metrics"].get("test_acc")
-          for f in (results / "runs" / "experiments" / "mnist" / model).glob("*.json")}
+  records = [json.loads(f.read_text()) for f in (results / "runs" / "experiments" / "mnist" / model).glob("*.json")]
+  return {r["name"]: r["metrics"].get("test_acc") for r in records}
 
 
 def bench_suite(model: str, data_dir: str, modes: list[str], beam: int, workers: int) -> tuple[list[tuple[str, int, float]], dict]:
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
     for name, n, t in results:
       print(f"| {name} | {n} | {t:.1f} | " + (f"{base / t:.2f}x |" if base else "- |"))
     if len(accs) > 1:
-      ref_name, ref = next(iter(accs.items()))
+      ref = next(iter(accs.values()))
       worst = max(abs(a[k] - ref[k]) for a in accs.values() for k in ref if k in a)
       print(f"\nTest accuracy, largest difference between the ways for one configuration: {100 * worst:.2f} points "
             f"({', '.join(f'{k}: {len(v)} runs' for k, v in accs.items())}).")
