@@ -7,10 +7,11 @@
   python mnist_explorer.py report                          rebuild the markdown and plots from stored runs
 """
 from __future__ import annotations
-import argparse, os, platform, shutil, signal, sys, time
+import argparse, os, platform, shutil, sys, time
 from dataclasses import replace
 from pathlib import Path
 from explorer.config import KEYS, MODELS, RunSpec, describe, env_overrides, load_toml, one_off_spec, suite_specs, with_overrides
+from explorer import stop
 from explorer.errors import UserError
 
 ROOT = Path(__file__).resolve().parent
@@ -141,8 +142,7 @@ def report(results: Path, console) -> int:
 
 def cli() -> None:
   """Entry point: user mistakes are one line on stderr (exit 2), never a traceback."""
-  # SIGTERM stops like Ctrl-C: finished runs are kept, the interrupted one is recorded as interrupted
-  signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+  stop.install()  # SIGTERM stops like Ctrl-C: finished runs are kept, the interrupted one is recorded as interrupted
   try:
     sys.exit(main())
   except UserError as e:

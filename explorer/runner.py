@@ -1,7 +1,7 @@
 """Runs a planned suite: claim each run, skip finished ones, train with live progress, store the record, build reports.
 Ctrl-C/SIGTERM: the interrupted run is recorded as interrupted, finished runs stay, reports are rebuilt, exit 130."""
 from __future__ import annotations
-import math, os, platform, socket, subprocess, sys, time, traceback
+import math, os, platform, signal, socket, subprocess, sys, time, traceback
 from importlib.metadata import version
 from pathlib import Path
 from rich.console import Console
@@ -134,6 +134,10 @@ def run_with_workers(argv: list[str], workers: int, specs: list[RunSpec], suite:
   console.print(f"{workers - 1} helper process(es) started; their output: {log_dir}/worker-*.log")
   try:
     code = run_suite(specs, suite, results, console=console, summary=False, **suite_args)
+  except KeyboardInterrupt:  # Ctrl-C reaches the whole process group, a SIGTERM only this process: pass it on
+    for p, _ in children:
+      if p.poll() is None: p.send_signal(signal.SIGTERM)
+    raise
   finally:
     codes = [p.wait() for p, _ in children]  # Ctrl-C reaches the whole process group: they stop and record too
     for _, log in children: log.close()

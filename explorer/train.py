@@ -10,6 +10,7 @@ from tinygrad.dtype import _to_np_dtype
 from tinygrad.helpers import Context
 from explorer.config import RunConfig
 from explorer.data import Dataset, normalization
+from explorer import stop
 from explorer.errors import UserError
 from explorer.optim import DEFAULTS as OPTIMIZER_DEFAULTS, Optimizer, make_optimizer
 from models import build_model, buffers, count_parameters, parameters, reset_model
@@ -200,6 +201,7 @@ class Trainer:
     plateau = {"best_loss": math.inf, "bad": 0, "scale": 1.0, "weights": None}
     eval_s = 0.0
     for step in range(cfg.steps):
+      stop.check()
       idx = next(batches)
       xb = x_train[idx]
       ts = time.perf_counter()

@@ -183,6 +183,37 @@ def test_ctrl_c_or_sigterm_keeps_finished_runs_and_marks_the_interrupted_one(tmp
   assert (tmp_path / "results" / "exp-mnist" / "mlp.md").exists(), "the report is regenerated"
 
 
+def test_a_signal_swallowed_by_a_finalizer_still_stops_training():
+  """Python drops exceptions raised inside __del__, where tinygrad frees buffers; the flag must still stop the loop."""
+  code = """
+import os, signal, sys
+from explorer import stop
+stop.install()
+class Frees:
+  def __del__(self): os.kill(os.getpid(), signal.SIGTERM)  # the handler runs inside this finalizer
+Frees()
+print("survived the finalizer", flush=True)
+try: stop.check()
+except KeyboardInterrupt: sys.exit(130)
+"""
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert "survived the finalizer" in r.stdout, "the raise inside __del__ was swallowed, as Python does"
+  assert r.returncode == 130, r.stdout + r.stderr
+
+
+def test_sigterm_to_the_main_process_stops_its_workers_too(tmp_path, data_dir):
+  slow = TINY_SUITE.replace("steps = 6", "steps = 100000")
+  p = explorer(["mlp", "--workers", "2"], tmp_path, data_dir=data_dir, wait=False, suite=slow)
+  assert wait_for(lambda: len(list((tmp_path / "results").glob("runs/*/*/*/*.claim"))) == 2)
+  time.sleep(1.0)
+  p.send_signal(signal.SIGTERM)
+  out, err = p.communicate(timeout=120)
+  assert p.returncode == 130, out + err
+  recs = records(tmp_path)
+  assert sorted(r["status"] for r in recs.values()) == ["interrupted", "interrupted"], recs.keys()
+  assert not list((tmp_path / "results").glob("runs/**/*.claim")), "both claims are released"
+
+
 def test_sigkill_leaves_a_stale_claim_that_the_next_start_recognises(tmp_path, data_dir):
   suite = TINY_SUITE.replace('name = "baseline"\ncategory = "baseline"', 'name = "baseline"\ncategory = "baseline"\nsteps = 100000')
   p = explorer(["mlp"], tmp_path, data_dir=data_dir, wait=False, suite=suite)
