@@ -40,12 +40,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                  help="tinygrad BEAM kernel search of width N for the compiled train/eval steps (0: off). "
                       "About 2x faster steps on CPU; the first run of each shape searches for minutes, later runs read "
                       "tinygrad's on-disk cache")
+  p.add_argument("--threads", type=int, metavar="N",
+                 help="CPU threads per explorer process for tinygrad's kernels (default: the cores divided by --workers, "
+                      "at most tinygrad's NUM_CPU_THREADS split); 1 is tinygrad's own one-thread execution")
   p.add_argument("--list", action="store_true", help="print the resolved runs and exit without training")
   try:
     return p.parse_args(argv)
   except SystemExit as e:
     if e.code not in (0, None): raise SystemExit(2)  # argparse already printed its one-line error
     raise
+
+
+def threads_per_process(args: argparse.Namespace) -> int:
+  from explorer.cpu_threads import default_threads
+  return args.threads or default_threads(args.workers)
 
 
 def plan(args: argparse.Namespace) -> list[RunSpec]:
@@ -57,6 +65,7 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
   if args.dataset: dataset = args.dataset
   if not 1 <= args.workers <= 64: raise UserError(f"--workers must be 1..64, got {args.workers}")
   if not 0 <= args.beam <= 16: raise UserError(f"--beam must be 0..16, got {args.beam}")
+  if args.threads is not None and not 1 <= args.threads <= 256: raise UserError(f"--threads must be 1..256, got {args.threads}")
   if args.max_steps is not None and args.max_steps < 1: raise UserError(f"--max-steps must be >= 1, got {args.max_steps}")
   specs: list[RunSpec] = []
   for model in suite_models:
@@ -122,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
   # --rerun: records finished before this command started do not count (helper processes get the same start time)
   rerun_since = (os.environ.get("MNIST_EXPLORER_RERUN_SINCE") or now_iso()) if args.rerun else None
   suite_args = dict(suite=Path(args.config).stem, results=results, data_dir=args.data_dir, rerun_since=rerun_since, device=device,
-                    beam=args.beam)
+                    beam=args.beam, threads=threads_per_process(args))
   if args.workers > 1 or os.environ.get(WORKER_ENV):
     # longest runs first (by images to process), so the processes finish together instead of one waiting on the last long run
     specs = sorted(specs, key=lambda s: -s.config.steps * s.config.batch * (4 if s.config.model == "cnn" else 1))

@@ -120,21 +120,13 @@ def bench_torch(torch, cfg, data, steps: int, tiny_model) -> dict:
 
 # ---------------------------------------------------------------- suite wall time
 
-def run_timed(cmd: list[str], env: dict) -> float:
-  t0 = time.perf_counter()
-  r = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  wall = time.perf_counter() - t0
-  if r.returncode != 0: raise SystemExit(f"bench: {' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
-  return wall
-
-
 ONE_RUN = """import sys, time; t0 = time.perf_counter(); sys.path.insert(0, {root!r})
 from explorer.config import load_toml, suite_specs
 from explorer.data import load_dataset
 spec = next(s for s in suite_specs(load_toml({cfg!r}), {model!r}, {cfg!r}) if s.name == {name!r})
 data = load_dataset(spec.config.dataset, {data!r})
 from explorer.train import Trainer
-r = Trainer(beam={beam}).run(spec.config, data)
+r = Trainer(beam={beam}, threads={threads}).run(spec.config, data)
 assert r["status"] == "done", r["status"]
 print("ACC", spec.name, r["test_acc"])
 """
@@ -154,14 +146,15 @@ def suite_accuracies(results: Path, model: str) -> dict[str, float]:
   return {r["name"]: r["metrics"].get("test_acc") for r in records}
 
 
-def bench_suite(model: str, data_dir: str, modes: list[str], beam: int, workers: int) -> tuple[list[tuple[str, int, float]], dict]:
+def bench_suite(model: str, data_dir: str, modes: list[str], beam: int, workers: int, threads: int | None) -> tuple[list[tuple[str, int, float]], dict]:
   """Wall time of the whole default suite: the CLI in one process, the CLI with --workers, one CLI process per category,
   one fresh process per configuration; and each run's test accuracy per way (they must agree)."""
+  from explorer.cpu_threads import default_threads
   env = {**os.environ, "JIT": "1"}
   specs = suite_specs(load_toml(EXPERIMENTS), model, EXPERIMENTS)
   categories = list(dict.fromkeys(s.category for s in specs))
   cli = [sys.executable, str(ROOT / "mnist_explorer.py"), model, "--data-dir", data_dir, "--rerun", "--config", str(EXPERIMENTS),
-         "--beam", str(beam)]
+         "--beam", str(beam)] + (["--threads", str(threads)] if threads else [])
   out, accs = [], {}
   with tempfile.TemporaryDirectory(prefix="bench-suite-") as tmp:
     if "one" in modes:
@@ -176,7 +169,8 @@ def bench_suite(model: str, data_dir: str, modes: list[str], beam: int, workers:
     if "run" in modes:
       t, accs["run"] = 0.0, {}
       for s in specs:
-        code = ONE_RUN.format(root=str(ROOT), cfg=str(EXPERIMENTS), model=model, name=s.name, data=data_dir, beam=beam)
+        code = ONE_RUN.format(root=str(ROOT), cfg=str(EXPERIMENTS), model=model, name=s.name, data=data_dir, beam=beam,
+                           threads=threads or default_threads(1))
         wall, stdout = run_timed([sys.executable, "-c", code], env)
         t += wall
         name, acc = stdout.split("ACC", 1)[1].split()
@@ -199,6 +193,8 @@ def parse_args(argv):
   p.add_argument("--suite-modes", default="run,one,workers", help="which suite variants: run,one,workers,category (default run,one,workers)")
   p.add_argument("--workers", type=int, default=2, help="processes for the 'workers' suite variant (default 2)")
   p.add_argument("--beam", type=int, default=0, help="the explorer's --beam N: BEAM search for the compiled steps (default 0)")
+  p.add_argument("--threads", type=int, default=0,
+                 help="CPU threads per kernel, as the explorer's --threads (default 0: its default, cores / processes)")
   p.add_argument("--data-dir", default=DEFAULT_DATA, help=f"MNIST IDX folder (default {DEFAULT_DATA}, env DATA_DIR)")
   args = p.parse_args(argv)
   args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -220,7 +216,8 @@ def main(argv=None) -> int:
     except ImportError: print("# torch not importable: timing tinygrad only", file=sys.stderr)
     if torch and args.torch_threads > 0: torch.set_num_threads(args.torch_threads)
   data = load_dataset("mnist", args.data_dir)
-  trainer = Trainer(beam=args.beam)
+  from explorer.cpu_threads import default_threads
+  trainer = Trainer(beam=args.beam, threads=args.threads or default_threads(1))
   rows = []
   for model in args.models:
     for b in args.batches:
@@ -237,7 +234,8 @@ def main(argv=None) -> int:
 
   dev = Device.DEFAULT
   print(f"**Device** {dev} (tinygrad {version('tinygrad')}, JIT={os.environ.get('JIT')}, renderer "
-        f"{type(Device[dev].renderer).__name__}, NUM_CPU_THREADS={NUM_CPU_THREADS.value}, --beam {args.beam})"
+        f"{type(Device[dev].renderer).__name__}, NUM_CPU_THREADS={NUM_CPU_THREADS.value}, --beam {args.beam}, "
+        f"--threads {trainer.threads})"
         + (f"; **torch** {torch.__version__}, {torch.get_num_threads()} threads" if torch else "; torch not timed")
         + f"; **CPU** {cpu_name()}, {os.cpu_count()} logical cores; Python {platform.python_version()}.  ")
   print(f"Median of {args.steps} steps after {WARMUP} warm-up steps (IQR in brackets); first step = trace + compile; "
@@ -256,7 +254,7 @@ def main(argv=None) -> int:
 
   if args.suite:
     model = args.models[0]
-    results, accs = bench_suite(model, args.data_dir, [m.strip() for m in args.suite_modes.split(",")], args.beam, args.workers)
+    results, accs = bench_suite(model, args.data_dir, [m.strip() for m in args.suite_modes.split(",")], args.beam, args.workers, args.threads)
     print(f"\nDefault `{model}` suite wall time (JIT=1, --beam {args.beam}, fresh results folder, --rerun):\n")
     print("| how | processes | wall s | speed-up vs one process per configuration |\n| --- | ---: | ---: | ---: |")
     base = next((t for name, _, t in results if name.startswith("one fresh process")), None)

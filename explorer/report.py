@@ -25,7 +25,7 @@ REQUIRED = {"schema": int, "suite": str, "model": str, "name": str, "group": str
             "config": dict, "metrics": dict}
 METRIC_KEYS = ("test_acc", "test_loss", "best_val_acc", "best_val_step", "final_val_acc", "final_val_loss", "final_train_loss",
                "train_acc", "train_eval_loss")
-RUN_KEYS = ("params", "steps_done", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "device", "beam",
+RUN_KEYS = ("params", "steps_done", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "device", "beam", "threads",
             "tinygrad_version", "host", "started_at", "finished_at", "capped_from", "config_hash")
 MAX_HEATMAP_VALUES = 12  # more distinct values than this per axis: not a grid worth a heatmap
 MAX_LEVELS = 6  # a numeric axis with more distinct values (random search) is binned into quartiles for its swing
@@ -396,11 +396,14 @@ def target_line(target: float, best: Group | None) -> str:
           f"{code(best.name)} (test {pct(test, '%')}).")
 
 
-def beam_note(records: list[dict]) -> str:
-  """ms/step depends on tinygrad's kernel search: say which runs had it."""
+def speed_note(records: list[dict]) -> str:
+  """ms/step depends on tinygrad's kernel search and on the CPU threads per kernel: say which runs had what."""
   beams = Counter(int(r.get("beam") or 0) for r in records)
-  if set(beams) == {0}: return ""
-  return " · kernel search " + ", ".join(f"--beam {b}: {n} runs" if b else f"none: {n} runs" for b, n in sorted(beams.items()))
+  threads = Counter(int(r.get("threads") or 1) for r in records)
+  note = "" if set(beams) == {0} else \
+    " · kernel search " + ", ".join(f"--beam {b}: {n} runs" if b else f"none: {n} runs" for b, n in sorted(beams.items()))
+  if set(threads) != {1}: note += " · CPU threads per kernel " + ", ".join(f"{t}: {n} runs" for t, n in sorted(threads.items()))
+  return note
 
 
 def model_report(folder: Path, suite: str, dataset: str, model: str, records: list[dict], others: list[str],
@@ -414,7 +417,7 @@ def model_report(folder: Path, suite: str, dataset: str, model: str, records: li
   best, verdict_text = verdict(groups)
   lines = [f"# {label(model)} on {dataset} — suite `{suite}`", "",
            f"{len(records)} runs ({len(groups)} configurations in {len(categories)} categories) · device {', '.join(devices)} · "
-           f"tinygrad {', '.join(versions)}" + beam_note(records), "", f"_{VAL_NOTE}._", ""]
+           f"tinygrad {', '.join(versions)}" + speed_note(records), "", f"_{VAL_NOTE}._", ""]
   capped = Counter((int(r["capped_from"]), r["config"].get("steps")) for r in records if num(r.get("capped_from")) is not None)
   for (was, now), n in sorted(capped.items()):
     lines += [f"> **Note:** steps capped from {was} to {now} for a quick pass ({n} run{'s' * (n != 1)}, --max-steps): "

@@ -12,7 +12,8 @@ from explorer.errors import UserError
 from explorer import store
 
 
-def make_record(spec: RunSpec, suite: str, result: dict | None, status: str, error: str | None, started_at: str, beam: int = 0) -> dict:
+def make_record(spec: RunSpec, suite: str, result: dict | None, status: str, error: str | None, started_at: str, beam: int = 0,
+                threads: int = 1) -> dict:
   result = result or {}
   metric_keys = ("test_acc", "test_loss", "best_val_acc", "best_val_step", "final_val_acc", "final_val_loss", "final_train_loss",
                  "train_acc", "train_eval_loss")
@@ -21,7 +22,7 @@ def make_record(spec: RunSpec, suite: str, result: dict | None, status: str, err
     "category": spec.category, "description": spec.description, "axes": spec.axes, "config_hash": spec.config.hash(),
     "capped_from": spec.capped_from, "config": spec.config.to_dict(), "status": status, "error": error,
     "metrics": {k: result[k] for k in metric_keys if k in result}, "history": result.get("history", {}),
-    **{k: result.get(k) for k in ("params", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "steps_done", "device")}, "beam": beam,
+    **{k: result.get(k) for k in ("params", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "steps_done", "device")}, "beam": beam, "threads": threads,
     "tinygrad_version": version("tinygrad"), "code_version": CODE_VERSION, "dataset": spec.config.dataset, "host": platform.node() or socket.gethostname(),
     "started_at": started_at, "finished_at": store.now_iso(),
   }
@@ -45,7 +46,7 @@ def _pct(x) -> str: return "-" if x is None or (isinstance(x, float) and math.is
 
 
 def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | None, rerun_since: str | None, device: str,
-              console: Console, summary: bool = True, beam: int = 0) -> int:
+              console: Console, summary: bool = True, beam: int = 0, threads: int = 1) -> int:
   """rerun_since: with --rerun, the start time of the command: only records finished after it count as done (so the
   worker processes of one --rerun command still share the work)."""
   from explorer.train import Trainer  # imports tinygrad: only once the inputs are known to be good
@@ -54,7 +55,8 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
   datasets = {name: load_dataset(name, data_dir) for name in sorted({s.config.dataset for s in specs})}
   for name, ds in datasets.items(): console.print(f"data: {name} from {ds.source} ({len(ds.x_train)} train, {len(ds.x_val)} val, {len(ds.x_test)} test)")
   console.print(f"device: {device} · tinygrad {version('tinygrad')} · {len(specs)} runs · results in {results}/")
-  trainer = Trainer(beam=beam)
+  trainer = Trainer(beam=beam, threads=threads)
+  if trainer.threads > 1: console.print(f"CPU kernels run on {trainer.threads} threads (--threads)")
   if beam: console.print(f"BEAM={beam} kernel search for the compiled steps (cached on disk after the first run of a shape)")
   finished, skipped, failed, busy = [], 0, 0, 0
   started_wall = time.perf_counter()
@@ -92,7 +94,7 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
           result, status, error = None, "failed", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
           console.print(f"[red]failed:[/] {error}")
           console.print(f"[dim]{traceback.format_exc(limit=3)}[/]")
-        record = make_record(spec, suite, result, status, error, started_at, beam)
+        record = make_record(spec, suite, result, status, error, started_at, beam, trainer.threads)
         store.save_record(path, record)
         finished.append(record)
         failed += status == "failed"
@@ -130,7 +132,7 @@ def run_with_workers(argv: list[str], workers: int, specs: list[RunSpec], suite:
     log = open(log_dir / f"worker-{i}.log", "w")
     env = {**os.environ, WORKER_ENV: str(i), "MNIST_EXPLORER_RERUN_SINCE": suite_args["rerun_since"] or ""}
     children.append((subprocess.Popen([sys.executable, str(Path(__file__).resolve().parents[1] / "mnist_explorer.py"), *argv,
-                                       "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT), log))
+                                       "--workers", "1", "--threads", str(suite_args["threads"])], env=env, stdout=log, stderr=subprocess.STDOUT), log))
   console.print(f"{workers - 1} helper process(es) started; their output: {log_dir}/worker-*.log")
   try:
     code = run_suite(specs, suite, results, console=console, summary=False, **suite_args)

@@ -10,7 +10,7 @@ from tinygrad.dtype import _to_np_dtype
 from tinygrad.helpers import Context
 from explorer.config import RunConfig
 from explorer.data import Dataset, normalization
-from explorer import stop
+from explorer import cpu_threads, stop
 from explorer.errors import UserError
 from explorer.optim import DEFAULTS as OPTIMIZER_DEFAULTS, Optimizer, make_optimizer
 from models import build_model, buffers, count_parameters, parameters, reset_model
@@ -98,19 +98,21 @@ def batch_indices(n_images: int, batch: int, seed: int) -> Iterator[np.ndarray]:
 
 
 class Trainer:
-  def __init__(self, beam: int = 0):
+  def __init__(self, beam: int = 0, threads: int = 1):
     self.compiled: dict[tuple, Compiled] = {}
     self.compile_count = 0  # how many train steps were built: the test of "compile once per shape"
     self.device = Device.DEFAULT
     # BEAM kernel search for the two compiled steps only (not every one-off kernel, as the BEAM env var would);
     # tinygrad caches the result on disk, so only the first run of a shape on a machine pays for the search
     self.beam = beam
+    # tinygrad splits big CPU kernels into pieces but runs them one after another: explorer.cpu_threads runs them at once
+    self.threads = cpu_threads.set_threads(threads) if self.device.split(":")[0] == "CPU" else 1
 
   def _call(self, jit: Callable, *args: Tensor):
     # a TinyJit compiles on its first call and captures on its second: search then; later calls replay (and without
     # --beam, tinygrad's own BEAM env var keeps its global meaning)
     if not self.beam or getattr(jit, "cnt", 0) > 1: return jit(*args)
-    with Context(BEAM=self.beam): return jit(*args)
+    with Context(BEAM=self.beam), cpu_threads.one_thread(): return jit(*args)
 
   def prepare(self, cfg: RunConfig) -> Compiled:
     key = cfg.shape_key()

@@ -68,6 +68,7 @@ def records(tmp_path) -> dict[str, dict]:
   (["mlp", "--category", "dropout"], {}, "unknown category 'dropout'"),
   (["mlp", "--max-steps", "0"], {}, "--max-steps must be >= 1"),
   (["mlp", "--beam", "40"], {}, "--beam must be 0..16, got 40"),
+  (["mlp", "--threads", "0"], {}, "--threads must be 1..256, got 0"),
   (["cnn"], {}, "no [cnn] section"),
   (["mlp", "--config", "/nonexistent.toml"], {}, "not found"),
   (["mlp", "--results", "/proc/version/results"], {}, "not writable"),
@@ -245,6 +246,8 @@ def test_workers_share_one_suite_and_rerun_trains_each_once(tmp_path, data_dir):
     trained = (r.stdout + log).count("done val")
     assert trained == 4, f"{args}: each run trained exactly once, got {trained}"
     assert set(records(tmp_path)) == {"baseline", "lr-high", "lr-low", "batch-8"}
+    from explorer.cpu_threads import default_threads
+    assert {r["threads"] for r in records(tmp_path).values()} == {default_threads(2)}, "the cores are shared between the processes"
 
 
 def test_max_steps_scales_the_schedule_lengths():

@@ -4,6 +4,7 @@ import itertools, math
 import numpy as np
 import pytest
 from tinygrad import Tensor
+from explorer import cpu_threads
 from explorer.config import KEYS, make_config, with_overrides
 from explorer.errors import UserError
 from explorer.train import Schedule, Trainer, batch_indices, lr_at
@@ -215,11 +216,42 @@ def test_beam_searches_the_compiled_steps_and_trains_the_same(tiny_data, monkeyp
   import tinygrad.codegen.opt.search as search
   searched = []
   real = search.beam_search
-  monkeypatch.setattr(search, "beam_search", lambda *a, **k: searched.append(a[3]) or real(*a, **k))
+  monkeypatch.setattr(search, "beam_search", lambda *a, **k: searched.append((a[3], cpu_threads.threads())) or real(*a, **k))
   cfg = make_config("mlp", {**TINY_MLP, "steps": 5, "eval_every": 5}, "t")
   plain = Trainer().run(cfg, tiny_data)
   assert searched == []
-  beamed = Trainer(beam=1).run(cfg, tiny_data)
-  assert len(searched) > 10 and set(searched) == {1}, "train and eval kernels were searched with width 1"
+  beamed = Trainer(beam=1, threads=2).run(cfg, tiny_data)
+  Trainer(threads=1)  # back to one thread for the other tests
+  assert len(searched) > 10 and set(searched) == {(1, 1)}, "train and eval kernels were searched with width 1, on one thread"
   np.testing.assert_allclose(beamed["history"]["train_loss"], plain["history"]["train_loss"], rtol=1e-5)
   assert beamed["test_acc"] == pytest.approx(plain["test_acc"], abs=0.002)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_cpu_threads_run_kernel_pieces_at_once_and_train_bit_identically(model, tiny_data, monkeypatch):
+  """--threads 2: the pieces tinygrad splits a CPU kernel into run on a pool thread too; the numbers do not change."""
+  from tinygrad import Device
+  from tinygrad.helpers import NUM_CPU_THREADS
+  if Device.DEFAULT != "CPU" or NUM_CPU_THREADS.value < 2: pytest.skip("needs tinygrad's CPU device with NUM_CPU_THREADS >= 2")
+  monkeypatch.setattr(cpu_threads, "MIN_PARALLEL_S", 0.0)  # split even the small kernels of these tiny models
+  cfg = make_config(model, {**(TINY_MLP if model == "mlp" else TINY_CNN), "steps": 5, "eval_every": 5, "dropout": 0.1}, "t")
+  one = Trainer(threads=1).run(cfg, tiny_data)
+  on_pool = cpu_threads.stats["pieces_on_pool"]
+  two = Trainer(threads=2).run(cfg, tiny_data)
+  Trainer(threads=1)
+  assert cpu_threads.stats["pieces_on_pool"] > on_pool, "kernel pieces ran on the pool thread"
+  assert two["history"]["train_loss"] == one["history"]["train_loss"]
+  assert (two["test_acc"], two["history"]["val_loss"]) == (one["test_acc"], one["history"]["val_loss"])
+
+
+def test_cpu_threads_defaults_and_one_thread_block(monkeypatch):
+  from tinygrad.helpers import NUM_CPU_THREADS
+  monkeypatch.setattr(cpu_threads, "available_cores", lambda: 8)
+  monkeypatch.setattr(NUM_CPU_THREADS, "value", 8)
+  assert [cpu_threads.default_threads(w) for w in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+  monkeypatch.setattr(NUM_CPU_THREADS, "value", 2)
+  assert cpu_threads.default_threads(1) == 2, "never more threads than the pieces a kernel is split into"
+  assert cpu_threads.set_threads(2) == 2
+  with cpu_threads.one_thread(): assert cpu_threads.threads() == 1
+  assert cpu_threads.threads() == 2
+  assert cpu_threads.set_threads(1) == 1
