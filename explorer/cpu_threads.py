@@ -11,8 +11,10 @@ BEAM search runs with one thread (`one_thread()`), as tinygrad alone would: its 
 disk, were faster with threads than choices timed with threads (MLP step 6.7-7.0 vs 7.2-7.8 ms), and they stay shared."""
 from __future__ import annotations
 import contextlib, ctypes, os, queue, threading, time
-from tinygrad.helpers import NUM_CPU_THREADS
+from tinygrad.codegen.opt import KernelOptError, Opt, OptOps, search
+from tinygrad.helpers import NUM_CPU_THREADS, prod
 from tinygrad.runtime import ops_cpu
+from tinygrad.uop.ops import AxisType
 
 MIN_PARALLEL_S = 50e-6
 _sequential_call = ops_cpu.CPUProgram.__call__
@@ -70,7 +72,9 @@ def set_threads(n: int) -> int:
     jobs: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_work, args=(jobs,), daemon=True, name="cpu-kernel").start()
     _workers.append(jobs)
-  if n > 1: ops_cpu.CPUProgram.__call__ = _parallel_call
+  if n > 1:
+    ops_cpu.CPUProgram.__call__ = _parallel_call
+    if not hasattr(search.beam_search, "splits"): search.beam_search = _split_after_search(search.beam_search)
   _active = max(1, n)
   return _active
 
@@ -82,3 +86,22 @@ def one_thread():
   saved, _active = _active, 1
   try: yield
   finally: _active = saved
+
+
+def _split_after_search(search_fn):
+  """BEAM times kernels on one thread, so it has no reason to split one into pieces and leaves some big kernels whole
+  (the MLP's first layer: a third of its step). After the search, split those the way tinygrad's own heuristic does."""
+  def searched(s, *args, **kwargs):
+    k = search_fn(s, *args, **kwargs)
+    if not k.ren.has_threads or k.ren.global_max is None or any(o.op is OptOps.THREAD for o in k.applied_opts): return k
+    for n in range(min(k.ren.global_max[0], 32), 1, -1):
+      if prod(k.full_shape) // (128 << 10) < n: continue  # about 128K operations per piece at least, as the heuristic
+      for axis in k.axes_of(AxisType.GLOBAL, AxisType.WEAK):
+        if k.full_shape[axis] % n: continue
+        split = k.copy()
+        try: split.apply_opt(Opt(OptOps.THREAD, axis, n))
+        except KernelOptError: continue
+        return split
+    return k
+  searched.splits = True
+  return searched

@@ -46,7 +46,7 @@ def _pct(x) -> str: return "-" if x is None or (isinstance(x, float) and math.is
 
 
 def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | None, rerun_since: str | None, device: str,
-              console: Console, summary: bool = True, beam: int = 0, threads: int = 1) -> int:
+              console: Console, summary: bool = True, beam: int = 0, threads: int = 1, rebuild: bool = True) -> int:
   """rerun_since: with --rerun, the start time of the command: only records finished after it count as done (so the
   worker processes of one --rerun command still share the work)."""
   from explorer.train import Trainer  # imports tinygrad: only once the inputs are known to be good
@@ -105,10 +105,10 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
       finally:
         store.release(claim)
   except KeyboardInterrupt:
-    rebuild_reports(results, console, suite, specs)
+    if rebuild: rebuild_reports(results, console, suite, specs)
     console.print(f"[red]interrupted[/] after {len(finished)} finished runs (kept in {results}/runs)")
     raise
-  rebuild_reports(results, console, suite, specs)
+  if rebuild: rebuild_reports(results, console, suite, specs)
   console.print(f"{len(finished)} trained, {skipped} already finished (skipped; --rerun to train again)"
                 + (f", {busy} held by another explorer" if busy else "") + f" · {time.perf_counter() - started_wall:.1f}s")
   if finished and summary:
@@ -135,7 +135,7 @@ def run_with_workers(argv: list[str], workers: int, specs: list[RunSpec], suite:
                                        "--workers", "1", "--threads", str(suite_args["threads"])], env=env, stdout=log, stderr=subprocess.STDOUT), log))
   console.print(f"{workers - 1} helper process(es) started; their output: {log_dir}/worker-*.log")
   try:
-    code = run_suite(specs, suite, results, console=console, summary=False, **suite_args)
+    code = run_suite(specs, suite, results, console=console, summary=False, rebuild=False, **suite_args)  # rebuilt once, below
   except KeyboardInterrupt:  # Ctrl-C reaches the whole process group, a SIGTERM only this process: pass it on
     for p, _ in children:
       if p.poll() is None: p.send_signal(signal.SIGTERM)
