@@ -59,10 +59,19 @@ def _parallel_call(self, *bufs, global_size=(1, 1, 1), local_size=(1, 1, 1), val
   used = [(w, share) for w, share in zip(_workers, shares[1:]) if share]
   for w, share in used: w.put((self.fxn, share))
   for a in shares[0]: self.fxn(*a)
-  for _ in used: _finished.get()
+  _wait_for(len(used))
   stats["parallel_calls"] += 1
   stats["pieces_on_pool"] += pieces - len(shares[0])
   return time.perf_counter() - st if wait else None
+
+
+def _wait_for(pieces: int) -> None:
+  done = 0
+  try:
+    while done < pieces: _finished.get(); done += 1
+  except KeyboardInterrupt:  # Ctrl-C while the pool runs: let its pieces finish, so no stale "done" is left for the next call
+    while done < pieces: _finished.get(); done += 1
+    raise
 
 
 def set_threads(n: int) -> int:
