@@ -35,7 +35,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--dataset", default=os.environ.get("DATASET"), choices=["mnist", "fashion"], help="dataset for every run (env DATASET)")
   p.add_argument("--rerun", action="store_true", help="train again even configurations already finished")
   p.add_argument("--workers", type=int, default=1, metavar="N",
-                 help="train N configurations at once in N processes (tinygrad's CPU backend uses one core per process)")
+                 help="train N configurations at once in N processes (they share the cores: --threads defaults to cores / N)")
   p.add_argument("--beam", type=int, default=0, metavar="N",
                  help="tinygrad BEAM kernel search of width N for the compiled train/eval steps (0: off). "
                       "About 2x faster steps on CPU; the first run of each shape searches for minutes, later runs read "

@@ -12,7 +12,7 @@ if os.environ.get("_INNER"):
   from explorer.train import Trainer
   model, b = sys.argv[1], int(sys.argv[2])
   cfg = default_config(model, b, 10)
-  tr = Trainer(beam=int(os.environ.get("EXPLORER_BEAM", 0)), threads=int(os.environ.get("THREADS", 1))); c = tr.prepare(cfg); tr.reset(c, cfg)
+  tr = Trainer(beam=int(os.environ.get("EXPLORER_BEAM", 0)), threads=int(os.environ.get("EXPLORER_THREADS", 1))); c = tr.prepare(cfg); tr.reset(c, cfg)
   data = load_dataset("mnist", "/work/shared/data/mnist")
   for i, (x, y) in enumerate(batches(data, cfg, 6)):
     if i == 5: print("=====MARK", flush=True)

@@ -124,7 +124,7 @@ WORKER_ENV = "MNIST_EXPLORER_WORKER"
 def run_with_workers(argv: list[str], workers: int, specs: list[RunSpec], suite: str, results: Path, console: Console,
                      **suite_args) -> int:
   """--workers N: N-1 helper processes run the same command next to this one. Each run is claimed before it trains,
-  so every configuration is trained once; tinygrad's CPU backend uses one core per process, so N cores work at once."""
+  so every configuration is trained once. Each process gets its share of the cores (--threads)."""
   log_dir = results / "workers"
   log_dir.mkdir(parents=True, exist_ok=True)
   children = []
