@@ -269,3 +269,10 @@ def test_redraw_only_the_named_suites(tmp_path):
   assert kept.read_bytes() == b"old figure", "another suite's existing figure is kept"
   assert redrawn.read_bytes().startswith(b"\x89PNG"), "the named suite's figure is drawn again"
   assert "b" in (tmp_path / "other-mnist" / "mlp.md").read_text(), "its markdown is still regenerated"
+
+
+def test_speed_note_says_which_runs_had_the_kernel_search_and_threads():
+  from explorer.report import speed_note
+  assert speed_note([{"beam": 0, "threads": 1}, {}]) == "", "plain one-thread runs need no note"
+  note = speed_note([{"beam": 2, "threads": 2}, {"beam": 0, "threads": 1}, {"beam": 2, "threads": 2}])
+  assert note == " · kernel search none: 1 runs, --beam 2: 2 runs · CPU threads per kernel 1: 1 runs, 2: 2 runs"
