@@ -148,6 +148,7 @@ class RunSpec:
   config: RunConfig
   axes: dict[str, Any] = field(default_factory=dict)  # grid/random values that define this run
   capped_from: int | None = None  # steps before --max-steps capped them
+  position: int | None = None  # its place in the experiments file: reports follow the file, not the training order
 
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,119}$")
@@ -335,7 +336,7 @@ def suite_specs(doc: dict, model: str, path: str | Path, overrides: dict[str, An
   dupes = sorted({n for n in names if names.count(n) > 1})
   if dupes: raise UserError(f"{where}: run name '{dupes[0]}' is used twice in [{model}]")
   if overrides: specs = [dataclasses.replace(s, config=with_overrides(s.config, overrides, "command line")) for s in specs]
-  return specs
+  return [dataclasses.replace(s, position=i) for i, s in enumerate(specs)]
 
 
 def _fmt(v: Any) -> str:

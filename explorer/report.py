@@ -147,9 +147,13 @@ class Group:
 
 
 def make_groups(records: list[dict]) -> list[Group]:
-  """Groups in run order (earliest start first), repeats sorted by seed."""
+  """Groups in experiments-file order (--workers trains the longest runs first), then runs without a place (one-offs,
+  older records) in start order; repeats sorted by seed."""
+  def order(r: dict) -> tuple:
+    position = num(r.get("position"))
+    return (position is None, position or 0, str(r.get("started_at") or ""), r["name"])
   groups: dict[str, Group] = {}
-  for r in sorted(records, key=lambda r: (str(r.get("started_at") or ""), r["name"])):
+  for r in sorted(records, key=order):
     groups.setdefault(r["group"], Group(r["group"], r["category"])).runs.append(r)
   for g in groups.values(): g.runs.sort(key=lambda r: (num(r["config"].get("seed")) or 0, r["name"]))
   return list(groups.values())

@@ -20,7 +20,7 @@ def make_record(spec: RunSpec, suite: str, result: dict | None, status: str, err
   return {
     "schema": store.SCHEMA, "suite": suite, "model": spec.config.model, "name": spec.name, "group": spec.group,
     "category": spec.category, "description": spec.description, "axes": spec.axes, "config_hash": spec.config.hash(),
-    "capped_from": spec.capped_from, "config": spec.config.to_dict(), "status": status, "error": error,
+    "capped_from": spec.capped_from, "position": spec.position, "config": spec.config.to_dict(), "status": status, "error": error,
     "metrics": {k: result[k] for k in metric_keys if k in result}, "history": result.get("history", {}),
     **{k: result.get(k) for k in ("params", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "steps_done", "device")}, "beam": beam, "threads": threads,
     "tinygrad_version": version("tinygrad"), "code_version": CODE_VERSION, "dataset": spec.config.dataset, "host": platform.node() or socket.gethostname(),

@@ -201,3 +201,10 @@ def test_check_name_refuses_path_tricks():
   for bad in ("../x", "a/b", "", ".hidden", "a\\b", "x" * 200, "a..b"):
     with pytest.raises(UserError): check_name(bad, "run name", "here")
   assert check_name("lr-2e-3_b=256", "run name", "here")
+
+
+def test_runs_know_their_place_in_the_experiments_file():
+  doc = {"mlp": {"runs": [{"name": "b", "category": "x"}, {"name": "a", "category": "y"}],
+                 "grids": [{"name": "g", "axes": {"lr_max": [1e-3, 1e-2]}}]}}
+  specs = suite_specs(doc, "mlp", "t.toml")
+  assert [(s.name, s.position) for s in specs] == [("b", 0), ("a", 1), ("g-lr_max=0.001", 2), ("g-lr_max=0.01", 3)]

@@ -276,3 +276,14 @@ def test_speed_note_says_which_runs_had_the_kernel_search_and_threads():
   assert speed_note([{"beam": 0, "threads": 1}, {}]) == "", "plain one-thread runs need no note"
   note = speed_note([{"beam": 2, "threads": 2}, {"beam": 0, "threads": 1}, {"beam": 2, "threads": 2}])
   assert note == " · kernel search none: 1 runs, --beam 2: 2 runs · CPU threads per kernel 1: 1 runs, 2: 2 runs"
+
+
+def test_groups_follow_the_experiments_file_not_the_training_order():
+  """--workers trains the longest runs first; the report still lists them as the file does (older records without a
+  place, and one-offs, come after, in start order)."""
+  recs = [{**make_record("long", "long", "duration", 0.97, order=1), "position": 2},
+          {**make_record("base", "base", "baseline", 0.92, order=5), "position": 0},
+          {**make_record("one-off", "one-off", "one-off", 0.93, order=0)},
+          {**make_record("lr", "lr", "learning_rate", 0.94, order=3), "position": 1}]
+  assert [g.name for g in make_groups(recs)] == ["base", "lr", "long", "one-off"]
+  assert list(report.by_category(make_groups(recs))) == ["baseline", "learning_rate", "duration", "one-off"]
