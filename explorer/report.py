@@ -26,7 +26,7 @@ REQUIRED = {"schema": int, "suite": str, "model": str, "name": str, "group": str
 METRIC_KEYS = ("test_acc", "test_loss", "best_val_acc", "best_val_step", "final_val_acc", "final_val_loss", "final_train_loss",
                "train_acc", "train_eval_loss")
 RUN_KEYS = ("params", "steps_done", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "device", "beam", "threads",
-            "tinygrad_version", "host", "started_at", "finished_at", "capped_from", "config_hash")
+            "tinygrad_version", "host", "started_at", "finished_at", "capped_from", "position", "config_hash")
 MAX_HEATMAP_VALUES = 12  # more distinct values than this per axis: not a grid worth a heatmap
 MAX_LEVELS = 6  # a numeric axis with more distinct values (random search) is binned into quartiles for its swing
 VAL_NOTE = ("val acc = final validation accuracy (held-out training images; used to pick the best), test acc = test set; "
@@ -146,14 +146,17 @@ class Group:
     return ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
 
 
+def run_order(r: dict) -> tuple:
+  """Experiments-file order (--workers trains the longest runs first), then runs without a place (one-offs, older
+  records) in start order."""
+  position = num(r.get("position"))
+  return (position is None, position or 0, str(r.get("started_at") or ""), r["name"])
+
+
 def make_groups(records: list[dict]) -> list[Group]:
-  """Groups in experiments-file order (--workers trains the longest runs first), then runs without a place (one-offs,
-  older records) in start order; repeats sorted by seed."""
-  def order(r: dict) -> tuple:
-    position = num(r.get("position"))
-    return (position is None, position or 0, str(r.get("started_at") or ""), r["name"])
+  """Groups in run_order; repeats sorted by seed."""
   groups: dict[str, Group] = {}
-  for r in sorted(records, key=order):
+  for r in sorted(records, key=run_order):
     groups.setdefault(r["group"], Group(r["group"], r["category"])).runs.append(r)
   for g in groups.values(): g.runs.sort(key=lambda r: (num(r["config"].get("seed")) or 0, r["name"]))
   return list(groups.values())
@@ -531,7 +534,7 @@ def write_csv(path: Path, records: list[dict]) -> Path:
     if isinstance(v, (list, dict)): return json.dumps(v)
     return v
   rows = []
-  for r in sorted(records, key=lambda r: (str(r.get("started_at") or ""), r["name"])):
+  for r in sorted(records, key=run_order):
     row = {k: plain(r.get(k)) for k in head + list(RUN_KEYS)}
     row.update({k: plain(v) for k, v in r["config"].items() if k not in head})
     row.update({k: plain(v) for k, v in r["metrics"].items() if k not in config_keys})
