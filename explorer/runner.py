@@ -87,7 +87,8 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
           result = train_with_progress(trainer, spec, data, console)
           status, error = result["status"], ("loss became NaN/inf: diverged" if result["status"] == "diverged" else None)
         except KeyboardInterrupt:
-          store.save_record(path, make_record(spec, suite, None, "interrupted", "interrupted by Ctrl-C/SIGTERM", started_at))
+          store.save_record(path, make_record(spec, suite, None, "interrupted", "interrupted by Ctrl-C/SIGTERM", started_at, beam,
+                                                trainer.threads))
           raise
         except (UserError, MemoryError): raise
         except Exception as e:  # a crash inside one run is recorded and the suite goes on
