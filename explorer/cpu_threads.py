@@ -15,6 +15,7 @@ from tinygrad.codegen.opt import KernelOptError, Opt, OptOps, search
 from tinygrad.helpers import NUM_CPU_THREADS, prod
 from tinygrad.runtime import ops_cpu
 from tinygrad.uop.ops import AxisType
+from explorer import stop
 
 MIN_PARALLEL_S = 50e-6
 _sequential_call = ops_cpu.CPUProgram.__call__
@@ -57,10 +58,11 @@ def _parallel_call(self, *bufs, global_size=(1, 1, 1), local_size=(1, 1, 1), val
   calls = [[ctypes.c_uint64(tid if i == slot else x) for i, x in enumerate(args)] for tid in range(pieces)]
   shares = [calls[k::_active] for k in range(_active)]  # piece k runs on executor k % threads
   used = [(w, share) for w, share in zip(_workers, shares[1:]) if share]
-  for w, share in used: w.put((self.fxn, share))
-  for a in shares[0]: self.fxn(*a)
-  _wait_for(len(used))
-  stats["pieces_on_pool"] += pieces - len(shares[0])
+  with stop.holding:  # a Ctrl-C raised between handing out pieces and counting them back would leave a hang behind
+    for w, share in used: w.put((self.fxn, share))
+    for a in shares[0]: self.fxn(*a)
+    _wait_for(len(used))
+    stats["pieces_on_pool"] += pieces - len(shares[0])
   return time.perf_counter() - st if wait else None
 
 
@@ -68,8 +70,10 @@ def _wait_for(pieces: int) -> None:
   done = 0
   try:
     while done < pieces: _finished.get(); done += 1
-  except KeyboardInterrupt:  # Ctrl-C while the pool runs: let its pieces finish, so no stale "done" is left for the next call
-    while done < pieces: _finished.get(); done += 1
+  except KeyboardInterrupt:  # raised by a handler other than explorer.stop's: let the pieces finish, so no stale "done"
+    # is left for the next call; the timeout because the interrupt may have come after a get() but before its count
+    with contextlib.suppress(queue.Empty):
+      while done < pieces: _finished.get(timeout=1.0); done += 1
     raise
 
 

@@ -202,6 +202,43 @@ except KeyboardInterrupt: sys.exit(130)
   assert r.returncode == 130, r.stdout + r.stderr
 
 
+def test_a_signal_between_handing_out_kernel_pieces_and_counting_them_back_does_not_hang():
+  """The SIGTERM lands right after the caller took a finished piece's notice but before it counted it: raised there,
+  the count would come up one short and the caller would wait forever. The stop must wait for the end of the call."""
+  code = """
+import os, signal, sys
+import numpy as np
+from tinygrad import Tensor
+from explorer import cpu_threads, stop
+stop.install()
+cpu_threads.set_threads(2)
+cpu_threads.MIN_PARALLEL_S = 0.0
+class SignalAfterGet:
+  def __init__(self, q): self.q = q
+  def put(self, item): self.q.put(item)
+  def get(self, *a, **k):
+    item = self.q.get(*a, **k)
+    os.kill(os.getpid(), signal.SIGTERM)  # the handler runs as soon as this call returns, before the caller counts
+    return item
+a = Tensor.rand(256, 256).realize()
+def matmul(): return (a @ a).numpy()
+want = matmul(); matmul()  # the first call of a kernel times it; the second one splits it into pieces
+before = cpu_threads.stats["pieces_on_pool"]
+real = cpu_threads._finished
+cpu_threads._finished = SignalAfterGet(real)
+try: matmul()
+except KeyboardInterrupt: print("stopped after the call", flush=True)
+cpu_threads._finished = real
+assert cpu_threads.stats["pieces_on_pool"] > before, "the interrupted call ran on the pool"
+assert real.empty(), "no stale notice left for the next call"
+assert np.array_equal(matmul(), want), "the next call is still right"
+print("ok", flush=True)
+"""
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                     env={**os.environ, "DEV": "CPU"})
+  assert r.stdout.split() == ["stopped", "after", "the", "call", "ok"], r.stdout + r.stderr
+
+
 def test_sigterm_to_the_main_process_stops_its_workers_too(tmp_path, data_dir):
   slow = TINY_SUITE.replace("steps = 6", "steps = 100000")
   p = explorer(["mlp", "--workers", "2"], tmp_path, data_dir=data_dir, wait=False, suite=slow)
