@@ -195,6 +195,8 @@ def parse_args(argv):
   p.add_argument("--beam", type=int, default=0, help="the explorer's --beam N: BEAM search for the compiled steps (default 0)")
   p.add_argument("--threads", type=int, default=0,
                  help="CPU threads per kernel, as the explorer's --threads (default 0: its default, cores / processes)")
+  p.add_argument("--replay", action=argparse.BooleanOptionalAction, default=True,
+                 help="replay captured steps from a plan (explorer/replay.py); --no-replay: tinygrad's own JIT call")
   p.add_argument("--data-dir", default=DEFAULT_DATA, help=f"MNIST IDX folder (default {DEFAULT_DATA}, env DATA_DIR)")
   args = p.parse_args(argv)
   args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -217,7 +219,7 @@ def main(argv=None) -> int:
     if torch and args.torch_threads > 0: torch.set_num_threads(args.torch_threads)
   data = load_dataset("mnist", args.data_dir)
   from explorer.cpu_threads import default_threads
-  trainer = Trainer(beam=args.beam, threads=args.threads or default_threads(1))
+  trainer = Trainer(beam=args.beam, threads=args.threads or default_threads(1), fast_replay=args.replay)
   rows = []
   for model in args.models:
     for b in args.batches:
@@ -235,7 +237,7 @@ def main(argv=None) -> int:
   dev = Device.DEFAULT
   print(f"**Device** {dev} (tinygrad {version('tinygrad')}, JIT={os.environ.get('JIT')}, renderer "
         f"{type(Device[dev].renderer).__name__}, NUM_CPU_THREADS={NUM_CPU_THREADS.value}, --beam {args.beam}, "
-        f"--threads {trainer.threads})"
+        f"--threads {trainer.threads}, {'--replay' if args.replay else '--no-replay'})"
         + (f"; **torch** {torch.__version__}, {torch.get_num_threads()} threads" if torch else "; torch not timed")
         + f"; **CPU** {cpu_name()}, {os.cpu_count()} logical cores; Python {platform.python_version()}.  ")
   print(f"Median of {args.steps} steps after {WARMUP} warm-up steps (IQR in brackets); first step = trace + compile; "

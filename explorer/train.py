@@ -10,7 +10,7 @@ from tinygrad.dtype import _to_np_dtype
 from tinygrad.helpers import Context
 from explorer.config import RunConfig
 from explorer.data import Dataset, normalization
-from explorer import cpu_threads, stop
+from explorer import cpu_threads, replay, stop
 from explorer.errors import UserError
 from explorer.optim import DEFAULTS as OPTIMIZER_DEFAULTS, Optimizer, make_optimizer
 from models import build_model, buffers, count_parameters, parameters, reset_model
@@ -80,10 +80,20 @@ class Compiled:
 def write_input(t: Tensor, a: np.ndarray) -> Tensor:
   """Copy a host batch into a preallocated device buffer (the copy tinygrad's own realize does), instead of building a
   new Tensor per step: saves an allocation and a schedule per input (2-3 ms of a 20 ms CPU step). The device is idle
-  here (each step ends with .item()), so nothing still reads the old contents."""
+  here (each step ends by reading its loss), so nothing still reads the old contents."""
   buf = t.uop.buffer.ensure_allocated()
   buf.allocator._copyin(buf._buf, memoryview(np.require(a, _to_np_dtype(buf.dtype), ["C", "W"])).cast("B"))
   return t
+
+
+def read_scalar(t: Tensor) -> float:
+  """t.item() for a realized one-element tensor, read straight from its buffer: .item() builds and runs a copy graph
+  each time (0.5 ms, a tenth of the MLP step on the CPU)."""
+  buf = t.uop.buffer
+  if buf.size != 1 or not hasattr(buf.allocator, "_copyout"): return t.item()
+  out = np.empty(1, _to_np_dtype(buf.dtype))
+  buf.allocator._copyout(memoryview(out).cast("B"), buf.ensure_allocated()._buf)  # waits for the device, as .item() does
+  return out[0].item()
 
 
 def batch_indices(n_images: int, batch: int, seed: int) -> Iterator[np.ndarray]:
@@ -98,7 +108,7 @@ def batch_indices(n_images: int, batch: int, seed: int) -> Iterator[np.ndarray]:
 
 
 class Trainer:
-  def __init__(self, beam: int = 0, threads: int = 1):
+  def __init__(self, beam: int = 0, threads: int = 1, fast_replay: bool = True):
     self.compiled: dict[tuple, Compiled] = {}
     self.compile_count = 0  # how many train steps were built: the test of "compile once per shape"
     self.device = Device.DEFAULT
@@ -107,11 +117,14 @@ class Trainer:
     self.beam = beam
     # tinygrad splits big CPU kernels into pieces but runs them one after another: explorer.cpu_threads runs them at once
     self.threads = cpu_threads.set_threads(threads) if self.device.split(":")[0] == "CPU" else 1
+    # a captured step replays its kernels straight from a plan (explorer.replay), not through tinygrad's JIT call
+    self.fast_replay = fast_replay
 
   def _call(self, jit: Callable, *args: Tensor):
     # a TinyJit compiles on its first call and captures on its second: search then; later calls replay (and without
     # --beam, tinygrad's own BEAM env var keeps its global meaning)
-    if not self.beam or getattr(jit, "cnt", 0) > 1: return jit(*args)
+    if getattr(jit, "cnt", 0) > 1: return replay.call(jit, *args) if self.fast_replay else jit(*args)
+    if not self.beam: return jit(*args)
     with Context(BEAM=self.beam), cpu_threads.one_thread(): return jit(*args)
 
   def prepare(self, cfg: RunConfig) -> Compiled:
@@ -171,21 +184,22 @@ class Trainer:
     c.augment.assign(Tensor([math.radians(cfg.rotate), cfg.scale, cfg.shift], dtype=dtypes.float32, device=c.augment.device)).realize()
 
   def train_batch(self, c: Compiled, x: np.ndarray, y: np.ndarray) -> float:
-    """One optimizer step on this batch; returns its loss (the .item() also waits for the step to finish)."""
-    return self._call(c.train_step, write_input(c.inputs["x"], x), write_input(c.inputs["y"], y)).item()
+    """One optimizer step on this batch; returns its loss (reading it also waits for the step to finish)."""
+    return read_scalar(self._call(c.train_step, write_input(c.inputs["x"], x), write_input(c.inputs["y"], y)))
 
   def evaluate(self, c: Compiled, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Mean loss and accuracy over all of x in fixed-size batches (the last one padded, so one compiled shape)."""
     loss_sum, correct = 0.0, 0
     for i in range(0, len(x), EVAL_BATCH):
+      stop.check()  # a stop during evaluation, even one swallowed by a finalizer
       xb, yb = x[i:i + EVAL_BATCH], y[i:i + EVAL_BATCH].astype(np.int32)
       if len(xb) < EVAL_BATCH:
         pad = EVAL_BATCH - len(xb)
         xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
         yb = np.concatenate([yb, np.full(pad, -1, np.int32)])
       batch_loss, batch_correct = self._call(c.eval_step, write_input(c.inputs["ex"], xb), write_input(c.inputs["ey"], yb))
-      loss_sum += batch_loss.item()
-      correct += int(batch_correct.item())
+      loss_sum += read_scalar(batch_loss)
+      correct += int(read_scalar(batch_correct))
     return loss_sum / len(x), correct / len(x)
 
   def run(self, cfg: RunConfig, data: Dataset, progress: Callable[[dict], None] | None = None) -> dict:

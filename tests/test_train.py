@@ -7,7 +7,7 @@ from tinygrad import Tensor
 from explorer import cpu_threads
 from explorer.config import KEYS, make_config, with_overrides
 from explorer.errors import UserError
-from explorer.train import Schedule, Trainer, batch_indices, lr_at
+from explorer.train import Schedule, Trainer, batch_indices, lr_at, write_input
 from models import build_model, count_parameters, reset_model
 from models.augment import random_affine
 from models.layers import Norm, Rng
@@ -242,6 +242,38 @@ def test_cpu_threads_run_kernel_pieces_at_once_and_train_bit_identically(model, 
   assert cpu_threads.stats["pieces_on_pool"] > on_pool, "kernel pieces ran on the pool thread"
   assert two["history"]["train_loss"] == one["history"]["train_loss"]
   assert (two["test_acc"], two["history"]["val_loss"]) == (one["test_acc"], one["history"]["val_loss"])
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_fast_replay_trains_bit_identically_to_tinygrads_jit_call(model, tiny_data):
+  """explorer.replay calls the captured kernels from a plan instead of through tinygrad's JIT: same numbers, and it
+  really served the calls, including a second run of the same shape (weights re-initialized in place)."""
+  from explorer import replay
+  cfg = make_config(model, {**(TINY_MLP if model == "mlp" else TINY_CNN), "steps": 6, "eval_every": 3, "dropout": 0.1}, "t")
+  plain = Trainer(fast_replay=False).run(cfg, tiny_data)
+  before = replay.stats["replayed"]
+  trainer = Trainer()
+  first, second = trainer.run(cfg, tiny_data), trainer.run(with_overrides(cfg, {"lr_max": 2e-3}, "t"), tiny_data)
+  assert replay.stats["replayed"] - before >= 2 * 4, "train and eval calls after the capture were replayed"
+  assert first["history"]["train_loss"] == plain["history"]["train_loss"]
+  assert (first["test_acc"], first["history"]["val_loss"]) == (plain["test_acc"], plain["history"]["val_loss"])
+  again = Trainer(fast_replay=False).run(with_overrides(cfg, {"lr_max": 2e-3}, "t"), tiny_data)
+  assert second["history"]["train_loss"] == again["history"]["train_loss"] and second["test_acc"] == again["test_acc"]
+
+
+def test_fast_replay_falls_back_to_tinygrad_for_other_input_buffers():
+  from tinygrad import TinyJit
+  from explorer import replay
+  w = Tensor.ones(4, 4).contiguous().realize()
+  step = TinyJit(lambda x: (x @ w).relu().sum().realize())
+  def buffer(values: np.ndarray) -> Tensor: return write_input(Tensor.zeros(4, 4).contiguous().realize(), values)
+  x = buffer(np.arange(16, dtype=np.float32).reshape(4, 4))
+  for _ in range(3): want = replay.call(step, x).item()
+  before = replay.stats["replayed"]
+  assert replay.call(step, x).item() == want and replay.stats["replayed"] == before + 1
+  other = buffer(2 * np.arange(16, dtype=np.float32).reshape(4, 4))
+  assert replay.call(step, other).item() == 2 * want, "a new input buffer gets a new plan, not the old buffer's result"
+  assert replay.call(step, x).item() == want
 
 
 def test_cpu_threads_defaults_and_one_thread_block(monkeypatch):
