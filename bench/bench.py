@@ -9,7 +9,7 @@
 
 Prints a markdown table (device, versions, CPU) to paste into the README. torch is optional (imported only here); without
 it, or with --no-torch, only tinygrad is timed. JIT=1 is forced (it is tinygrad's default too). Timings are the median
-of --steps steps after warm-up; each step includes the host->device batch copy and the loss .item(), as Trainer.run does.
+of --steps steps after warm-up; each step includes the host->device batch copy and reading the loss, as Trainer.run does.
 """
 from __future__ import annotations
 import argparse, os, platform, re, subprocess, sys, tempfile, time
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
         + (f"; **torch** {torch.__version__}, {torch.get_num_threads()} threads" if torch else "; torch not timed")
         + f"; **CPU** {cpu_name()}, {os.cpu_count()} logical cores; Python {platform.python_version()}.  ")
   print(f"Median of {args.steps} steps after {WARMUP} warm-up steps (IQR in brackets); first step = trace + compile; "
-        f"each step includes the batch copy and loss .item().\n")
+        f"each step includes the batch copy and reading the loss.\n")
   head = "| model | batch | tinygrad ms/step | tinygrad samples/s | first step s | JIT capture s |"
   sep = "| --- | ---: | ---: | ---: | ---: | ---: |"
   if torch:
