@@ -12,14 +12,14 @@ it, or with --no-torch, only tinygrad is timed. JIT=1 is forced (it is tinygrad'
 of --steps steps after warm-up; each step includes the host->device batch copy and reading the loss, as Trainer.run does.
 """
 from __future__ import annotations
-import argparse, os, platform, re, subprocess, sys, tempfile, time
+import argparse, json, os, platform, re, subprocess, sys, tempfile, time
 from pathlib import Path
 
 os.environ.setdefault("JIT", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
-from explorer.config import load_toml, make_config, suite_specs  # noqa: E402
+from explorer.config import load_toml, make_config, one_off_spec, suite_specs  # noqa: E402
 from explorer.data import load_dataset, normalization  # noqa: E402
 from explorer.train import batch_indices  # noqa: E402
 
@@ -141,7 +141,6 @@ def run_timed(cmd: list[str], env: dict) -> tuple[float, str]:
 
 
 def suite_accuracies(results: Path, model: str) -> dict[str, float]:
-  import json
   records = [json.loads(f.read_text()) for f in (results / "runs" / "experiments" / "mnist" / model).glob("*.json")]
   return {r["name"]: r["metrics"].get("test_acc") for r in records}
 
@@ -166,6 +165,18 @@ def bench_suite(model: str, data_dir: str, modes: list[str], beam: int, workers:
     if "category" in modes:
       t = sum(run_timed(cli + ["--results", f"{tmp}/cat", "--category", c], env)[0] for c in categories)
       out.append(("CLI, one process per category", len(categories), t))
+    if "oneoff" in modes:  # each configuration as the CLI's one-off: env vars over the baseline, its own record and report
+      base = one_off_spec(load_toml(EXPERIMENTS), model, EXPERIMENTS, {}).config.to_dict()
+      t, by_hash = 0.0, {s.config.hash()[:8]: s.name for s in specs}
+      for s in specs:
+        changed = {k.upper(): str(v) for k, v in s.config.to_dict().items() if base[k] != v or k == "steps"}  # >= 1 var: one run
+        t += run_timed(cli + ["--results", f"{tmp}/oneoff"], {**env, **changed})[0]
+      found = {}
+      for f in (Path(tmp) / "oneoff" / "runs").rglob("one-off-*.json"):
+        r = json.loads(f.read_text())
+        found[by_hash.get(r["name"].removeprefix("one-off-"), r["name"])] = r["metrics"].get("test_acc")
+      accs["oneoff"] = found
+      out.append(("one CLI one-off per configuration (env vars: `STEPS=... LR_MAX=... python mnist_explorer.py`)", len(specs), t))
     if "run" in modes:
       t, accs["run"] = 0.0, {}
       for s in specs:
@@ -190,7 +201,7 @@ def parse_args(argv):
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True, help="also time PyTorch when importable")
   p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads(N) (default 0: torch's own default)")
   p.add_argument("--suite", action="store_true", help="also time the default suite of the first model (minutes)")
-  p.add_argument("--suite-modes", default="run,one,workers", help="which suite variants: run,one,workers,category (default run,one,workers)")
+  p.add_argument("--suite-modes", default="run,one,workers", help="which suite variants: run,one,workers,category,oneoff (default run,one,workers)")
   p.add_argument("--workers", type=int, default=2, help="processes for the 'workers' suite variant (default 2)")
   p.add_argument("--beam", type=int, default=0, help="the explorer's --beam N: BEAM search for the compiled steps (default 0)")
   p.add_argument("--threads", type=int, default=0,
