@@ -132,6 +132,10 @@ print("ACC", spec.name, r["test_acc"])
 """
 
 
+FRESH = "one fresh process per configuration (Trainer.run, one after another; lowered kernels read from disk)"
+FRESH_COLD = "one fresh process per configuration, each lowering its kernels again (EXPLORER_PROGRAM_CACHE=0: tinygrad's way)"
+
+
 def run_timed(cmd: list[str], env: dict) -> tuple[float, str]:
   t0 = time.perf_counter()
   r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -177,16 +181,17 @@ def bench_suite(model: str, data_dir: str, modes: list[str], beam: int, workers:
         found[by_hash.get(r["name"].removeprefix("one-off-"), r["name"])] = r["metrics"].get("test_acc")
       accs["oneoff"] = found
       out.append(("one CLI one-off per configuration (env vars: `STEPS=... LR_MAX=... python mnist_explorer.py`)", len(specs), t))
-    if "run" in modes:
-      t, accs["run"] = 0.0, {}
+    for mode, label, cache in (("run", FRESH, "1"), ("runcold", FRESH_COLD, "0")):
+      if mode not in modes: continue
+      t, accs[mode] = 0.0, {}
       for s in specs:
         code = ONE_RUN.format(root=str(ROOT), cfg=str(EXPERIMENTS), model=model, name=s.name, data=data_dir, beam=beam,
-                           threads=threads or default_threads(1))
-        wall, stdout = run_timed([sys.executable, "-c", code], env)
+                              threads=threads or default_threads(1))
+        wall, stdout = run_timed([sys.executable, "-c", code], {**env, "EXPLORER_PROGRAM_CACHE": cache})
         t += wall
         name, acc = stdout.split("ACC", 1)[1].split()
-        accs["run"][name] = float(acc)
-      out.append(("one fresh process per configuration (Trainer.run, one after another)", len(specs), t))
+        accs[mode][name] = float(acc)
+      out.append((label, len(specs), t))
   print(f"# suite {model}: {len(specs)} configurations, {sum(s.config.steps for s in specs)} steps", file=sys.stderr)
   return out, accs
 
@@ -201,7 +206,7 @@ def parse_args(argv):
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True, help="also time PyTorch when importable")
   p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads(N) (default 0: torch's own default)")
   p.add_argument("--suite", action="store_true", help="also time the default suite of the first model (minutes)")
-  p.add_argument("--suite-modes", default="run,one,workers", help="which suite variants: run,one,workers,category,oneoff (default run,one,workers)")
+  p.add_argument("--suite-modes", default="run,runcold,one,workers", help="which suite variants: run,runcold,one,workers,category,oneoff (default run,runcold,one,workers)")
   p.add_argument("--workers", type=int, default=2, help="processes for the 'workers' suite variant (default 2)")
   p.add_argument("--beam", type=int, default=0, help="the explorer's --beam N: BEAM search for the compiled steps (default 0)")
   p.add_argument("--threads", type=int, default=0,
@@ -269,10 +274,10 @@ def main(argv=None) -> int:
     model = args.models[0]
     results, accs = bench_suite(model, args.data_dir, [m.strip() for m in args.suite_modes.split(",")], args.beam, args.workers, args.threads)
     print(f"\nDefault `{model}` suite wall time (JIT=1, --beam {args.beam}, fresh results folder, --rerun):\n")
-    print("| how | processes | wall s | speed-up vs one process per configuration |\n| --- | ---: | ---: | ---: |")
-    base = next((t for name, _, t in results if name.startswith("one fresh process")), None)
+    print("| how | processes | wall s | speed-up vs fresh processes | vs fresh processes lowering again |\n| --- | ---: | ---: | ---: | ---: |")
+    bases = [next((t for name, _, t in results if name == label), None) for label in (FRESH, FRESH_COLD)]
     for name, n, t in results:
-      print(f"| {name} | {n} | {t:.1f} | " + (f"{base / t:.2f}x |" if base else "- |"))
+      print(f"| {name} | {n} | {t:.1f} | " + " | ".join(f"{b / t:.2f}x" if b else "-" for b in bases) + " |")
     if len(accs) > 1:
       ref = next(iter(accs.values()))
       worst = max(abs(a[k] - ref[k]) for a in accs.values() for k in ref if k in a)

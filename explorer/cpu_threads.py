@@ -10,7 +10,7 @@ Kernels whose first call takes under MIN_PARALLEL_S stay on the calling thread: 
 BEAM search runs with one thread (`one_thread()`), as tinygrad alone would: its choices, timed that way and cached on
 disk, were faster with threads than choices timed with threads (MLP step 6.7-7.0 vs 7.2-7.8 ms), and they stay shared."""
 from __future__ import annotations
-import contextlib, ctypes, os, queue, threading, time
+import contextlib, ctypes, functools, os, queue, threading, time
 from tinygrad.codegen.opt import KernelOptError, Opt, OptOps, search
 from tinygrad.helpers import NUM_CPU_THREADS, prod
 from tinygrad.runtime import ops_cpu
@@ -103,6 +103,7 @@ def one_thread():
 def _split_after_search(search_fn):
   """BEAM times kernels on one thread, so it has no reason to split one into pieces and leaves some big kernels whole
   (the MLP's first layer: a third of its step). After the search, split those the way tinygrad's own heuristic does."""
+  @functools.wraps(search_fn)
   def searched(s, *args, **kwargs):
     k = search_fn(s, *args, **kwargs)
     if not k.ren.has_threads or k.ren.global_max is None or any(o.op is OptOps.THREAD for o in k.applied_opts): return k

@@ -10,7 +10,7 @@ from tinygrad.dtype import _to_np_dtype
 from tinygrad.helpers import Context
 from explorer.config import RunConfig
 from explorer.data import Dataset, normalization
-from explorer import cpu_threads, replay, stop
+from explorer import cpu_threads, program_cache, replay, stop
 from explorer.errors import UserError
 from explorer.optim import DEFAULTS as OPTIMIZER_DEFAULTS, Optimizer, make_optimizer
 from models import build_model, buffers, count_parameters, parameters, reset_model
@@ -121,6 +121,8 @@ class Trainer:
     self.threads = cpu_threads.set_threads(threads) if self.device.split(":")[0] == "CPU" else 1
     # a captured step replays its kernels straight from a plan (explorer.replay), not through tinygrad's JIT call
     self.fast_replay = fast_replay
+    # kernels lowered by an earlier process are read from disk instead of lowered again (explorer.program_cache)
+    program_cache.install()
 
   def _call(self, jit: Callable, *args: Tensor):
     # a TinyJit compiles on its first call and captures on its second: search then; later calls replay (and without
@@ -247,14 +249,20 @@ class Trainer:
           break
       if progress: progress({"step": step + 1, "steps": cfg.steps, "loss": loss, "lr": history["lr"][-1],
                              "val_acc": history["val_acc"][-1] if history["val_acc"] else None})
-    if cfg.schedule == "plateau" and plateau["weights"] is not None: self._load_weights(c, plateau["weights"])
+    final_val = (history["val_loss"][-1], history["val_acc"][-1]) if history["val_acc"] else (None, None)
+    if cfg.schedule == "plateau" and plateau["weights"] is not None:
+      self._load_weights(c, plateau["weights"])
+      # the restored weights are the ones tested, so their validation numbers are the run's final ones
+      if status == "done" and plateau["best_loss"] != final_val[0]:
+        te = time.perf_counter()
+        final_val = self.evaluate(c, data.x_val, data.y_val)
+        eval_s += time.perf_counter() - te
     train_s = time.perf_counter() - t0
     result = {"status": status, "history": history, "batch_shape": list(xb.shape), "params": count_parameters(c.model), "device": self.device,
               "setup_s": setup_s, "compile_s": first_steps_s, "eval_s": eval_s,
               "ms_per_step": 1000 * float(np.median(step_times)) if step_times else None,
               "steps_done": len(history["step"]), "best_val_acc": best["val_acc"] if best["val_acc"] >= 0 else None,
-              "best_val_step": best["step"], "final_val_acc": history["val_acc"][-1] if history["val_acc"] else None,
-              "final_val_loss": history["val_loss"][-1] if history["val_loss"] else None,
+              "best_val_step": best["step"], "final_val_loss": final_val[0], "final_val_acc": final_val[1],
               "final_train_loss": history["train_loss"][-1] if history["train_loss"] else None}
     if status == "done":
       result["test_loss"], result["test_acc"] = self.evaluate(c, data.x_test, data.y_test)

@@ -138,6 +138,17 @@ def test_plateau_lowers_lr_and_restores_best_weights(tiny_data):
   assert state["bad"] == 0 and state["best_loss"] == 0.5
 
 
+def test_plateau_reports_the_validation_numbers_of_the_restored_weights_it_tests(tiny_data):
+  """The plateau schedule ends on its best weights; the run's final val numbers are theirs, like its test numbers."""
+  cfg = make_config("mlp", {**TINY_MLP, "schedule": "plateau", "patience": 2, "lr_decay": 0.5, "lr_max": 1e-2, "steps": 60,
+                            "eval_every": 5}, "t")
+  trainer = Trainer()
+  result = trainer.run(cfg, tiny_data)
+  assert result["final_val_loss"] != result["history"]["val_loss"][-1], "the last evaluation's weights were not the best"
+  assert (result["final_val_loss"], result["final_val_acc"]) == trainer.evaluate(trainer.prepare(cfg), tiny_data.x_val, tiny_data.y_val)
+  assert result["final_val_loss"] in result["history"]["val_loss"]  # the restored weights were evaluated during training
+
+
 def test_augmentation_identity_shapes_and_alignment():
   rng = Rng()
   rng.reseed(0)
@@ -214,6 +225,7 @@ def test_beam_searches_the_compiled_steps_and_trains_the_same(tiny_data, monkeyp
   kernels compute the same training up to float summation order. The first run searches (~1 min here); tinygrad's
   disk cache makes later ones fast."""
   import tinygrad.codegen.opt.search as search
+  monkeypatch.setenv("EXPLORER_PROGRAM_CACHE", "0")  # lower the kernels here, not read them from an earlier process
   searched = []
   real = search.beam_search
   monkeypatch.setattr(search, "beam_search", lambda *a, **k: searched.append((a[3], cpu_threads.threads())) or real(*a, **k))
