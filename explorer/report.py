@@ -571,10 +571,10 @@ def _stderr(message: str) -> None: print(f"warning: {message}", file=sys.stderr)
 
 
 def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None,
-                  redraw: set[tuple[str, str]] | None = None) -> list[Path]:
+                  redraw: set[tuple[str, str, str]] | None = None) -> list[Path]:
   """Regenerate every report from the stored records; returns the written paths (markdown, CSV, PNG).
-  redraw: the (suite, dataset) pairs whose figures are drawn again (None: all); other pairs keep figures that exist,
-  which keeps a suite's end quick when the results folder holds many other studies.
+  redraw: the (suite, dataset, model) reports whose figures are drawn again (None: all); the others keep figures that
+  exist, which keeps a suite's end quick when the results folder holds many other studies (or the other model's runs).
   warn gets one line per record skipped by this module's checks and per failed plot (the store's own warnings for
   unreadable files are not repeated: its caller prints them); all of them are also listed in index.md."""
   results_dir = Path(results_dir)
@@ -597,7 +597,7 @@ def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None,
     for model in sorted(models, key=model_order):
       others = [m for m in sorted(models, key=model_order) if m != model]
       text, pngs, summary = model_report(folder, suite, dataset, model, models[model], others, note,
-                                         redraw is None or (suite, dataset) in redraw)
+                                         redraw is None or (suite, dataset, model) in redraw)
       md = plots.safe_path(folder, f"{model}.md")
       md.write_text(text)
       written += [md, write_csv(plots.safe_path(folder, f"{model}.csv"), models[model]), *pngs]

@@ -171,7 +171,7 @@ def rebuild_reports(results: Path, console: Console, suite: str, specs: list[Run
   if os.environ.get(WORKER_ENV): return  # a helper process: the main one rebuilds once all are done
   from explorer.report import write_reports
   try:
-    paths = write_reports(results, redraw={(suite, s.config.dataset) for s in specs})
+    paths = write_reports(results, redraw={(suite, s.config.dataset, s.config.model) for s in specs})
   except UserError: raise
   except Exception as e:  # a report bug must not hide the stored runs
     console.print(f"[red]report failed[/] ({type(e).__name__}: {e}); runs are safe in {results}/runs; retry with: python mnist_explorer.py report")

@@ -258,15 +258,16 @@ def test_summary_table(built):
 
 
 def test_redraw_only_the_named_suites(tmp_path):
-  recs = [make_record("a", "a", "c", 0.9), make_record("b", "b", "c", 0.8, suite="other")]
+  recs = [make_record("a", "a", "c", 0.9), make_record("b", "b", "c", 0.8, suite="other"), make_record("k", "k", "c", 0.9, model="cnn")]
   write_records(tmp_path, recs)
   write_reports(tmp_path, warn=lambda w: None)
   kept = tmp_path / "other-mnist" / "plots" / "mlp" / "b.png"
+  kept_cnn = tmp_path / "plots" / "cnn" / "k.png"
   redrawn = tmp_path / "plots" / "mlp" / "a.png"
-  kept.write_bytes(b"old figure")
-  redrawn.write_bytes(b"old figure")
-  write_reports(tmp_path, warn=lambda w: None, redraw={("experiments", "mnist")})
+  for figure in (kept, kept_cnn, redrawn): figure.write_bytes(b"old figure")
+  write_reports(tmp_path, warn=lambda w: None, redraw={("experiments", "mnist", "mlp")})
   assert kept.read_bytes() == b"old figure", "another suite's existing figure is kept"
+  assert kept_cnn.read_bytes() == b"old figure", "the other model's existing figure is kept"
   assert redrawn.read_bytes().startswith(b"\x89PNG"), "the named suite's figure is drawn again"
   assert "b" in (tmp_path / "other-mnist" / "mlp.md").read_text(), "its markdown is still regenerated"
 
