@@ -7,7 +7,7 @@
   python mnist_explorer.py report                          rebuild the markdown and plots from stored runs
 """
 from __future__ import annotations
-import argparse, os, platform, shutil, sys, time
+import argparse, os, platform, shutil, sys
 from dataclasses import replace
 from pathlib import Path
 from explorer.config import KEYS, MODELS, RunSpec, describe, env_overrides, load_toml, one_off_spec, suite_specs, with_overrides
@@ -117,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
   console = Console(stderr=False, highlight=False)
   results = Path(args.results)
   if args.model == "report":
-    from explorer.report import write_reports
     return report(results, console)
   specs = plan(args)
   if args.list:

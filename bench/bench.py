@@ -12,7 +12,7 @@ it, or with --no-torch, only tinygrad is timed. JIT=1 is forced (it is tinygrad'
 of --steps steps after warm-up; each step includes the host->device batch copy and reading the loss, as Trainer.run does.
 """
 from __future__ import annotations
-import argparse, json, os, platform, re, subprocess, sys, tempfile, time
+import argparse, json, os, platform, subprocess, sys, tempfile, time
 from pathlib import Path
 
 os.environ.setdefault("JIT", "1")
@@ -223,7 +223,6 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  import tinygrad
   from importlib.metadata import version
   from tinygrad import Device
   from tinygrad.helpers import NUM_CPU_THREADS

@@ -5,7 +5,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if os.environ.get("_INNER"):
   sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))
-  from tinygrad import Tensor
   from tinygrad.helpers import Context
   from bench import default_config, batches
   from explorer.data import load_dataset

@@ -4,7 +4,7 @@ Variants: base (the product's Trainer.train_batch: batches copied into prealloca
 on the device, batch gathered by an index tensor inside the JIT), shrink (per-epoch shuffled copy on the device, batch
 = a Variable slice), constlr (plain LR buffer, no in-graph schedule), tg_adamw / tg_adamw_fused (tinygrad's nn.optim
 AdamW instead of explorer.optim), nocontig (models without .contiguous() after activations), half (float16 params)."""
-import math, os, sys, time
+import os, sys, time
 from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))

@@ -13,7 +13,7 @@ import numpy as np
 from tabulate import tabulate
 from explorer import plots
 from explorer.config import NAME_RE
-from explorer.store import load_records
+from explorer.store import METRIC_KEYS, load_records
 
 SCHEMA = 1
 STATUSES = ("done", "diverged", "interrupted", "failed")
@@ -23,8 +23,6 @@ TARGETS = {"mlp": 0.95, "cnn": 0.98}  # MNIST test accuracy the best configurati
 def target_for(dataset: str, model: str) -> float | None: return TARGETS.get(model) if dataset == "mnist" else None
 REQUIRED = {"schema": int, "suite": str, "model": str, "name": str, "group": str, "category": str, "status": str,
             "config": dict, "metrics": dict}
-METRIC_KEYS = ("test_acc", "test_loss", "best_val_acc", "best_val_step", "final_val_acc", "final_val_loss", "final_train_loss",
-               "train_acc", "train_eval_loss")
 RUN_KEYS = ("params", "steps_done", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "device", "beam", "threads",
             "tinygrad_version", "host", "started_at", "finished_at", "capped_from", "position", "config_hash")
 MAX_HEATMAP_VALUES = 12  # more distinct values than this per axis: not a grid worth a heatmap

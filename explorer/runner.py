@@ -15,13 +15,11 @@ from explorer import store
 def make_record(spec: RunSpec, suite: str, result: dict | None, status: str, error: str | None, started_at: str, beam: int = 0,
                 threads: int = 1) -> dict:
   result = result or {}
-  metric_keys = ("test_acc", "test_loss", "best_val_acc", "best_val_step", "final_val_acc", "final_val_loss", "final_train_loss",
-                 "train_acc", "train_eval_loss")
   return {
     "schema": store.SCHEMA, "suite": suite, "model": spec.config.model, "name": spec.name, "group": spec.group,
     "category": spec.category, "description": spec.description, "axes": spec.axes, "config_hash": spec.config.hash(),
     "capped_from": spec.capped_from, "position": spec.position, "config": spec.config.to_dict(), "status": status, "error": error,
-    "metrics": {k: result[k] for k in metric_keys if k in result}, "history": result.get("history", {}),
+    "metrics": {k: result[k] for k in store.METRIC_KEYS if k in result}, "history": result.get("history", {}),
     **{k: result.get(k) for k in ("params", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "steps_done", "device")}, "beam": beam, "threads": threads,
     "tinygrad_version": version("tinygrad"), "code_version": CODE_VERSION, "dataset": spec.config.dataset, "host": platform.node() or socket.gethostname(),
     "started_at": started_at, "finished_at": store.now_iso(),
@@ -169,8 +167,8 @@ def train_with_progress(trainer, spec: RunSpec, data, console: Console) -> dict:
 
 def rebuild_reports(results: Path, console: Console, suite: str, specs: list[RunSpec]) -> None:
   if os.environ.get(WORKER_ENV): return  # a helper process: the main one rebuilds once all are done
-  from explorer.report import write_reports
   try:
+    from explorer.report import write_reports  # matplotlib too: a broken install must not hide the stored runs either
     paths = write_reports(results, redraw={(suite, s.config.dataset, s.config.model) for s in specs})
   except UserError: raise
   except Exception as e:  # a report bug must not hide the stored runs

@@ -12,6 +12,9 @@ from pathlib import Path
 from explorer.errors import UserError
 
 SCHEMA = 1
+# the metrics a run record holds (runner writes them, report reads them)
+METRIC_KEYS = ("test_acc", "test_loss", "best_val_acc", "best_val_step", "final_val_acc", "final_val_loss", "final_train_loss",
+               "train_acc", "train_eval_loss")
 REQUIRED = ("schema", "suite", "model", "name", "group", "category", "config", "status")
 
 

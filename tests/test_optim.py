@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from tinygrad import Tensor, TinyJit, dtypes
+from tinygrad import Tensor, TinyJit
 from explorer.optim import DEFAULTS, NS_COEFFICIENTS, OPTIMIZERS, make_optimizer
 
 STEPS = 3

@@ -288,3 +288,18 @@ def test_groups_follow_the_experiments_file_not_the_training_order():
           {**make_record("lr", "lr", "learning_rate", 0.94, order=3), "position": 1}]
   assert [g.name for g in make_groups(recs)] == ["base", "lr", "long", "one-off"]
   assert list(report.by_category(make_groups(recs))) == ["baseline", "learning_rate", "duration", "one-off"]
+
+
+def test_a_report_that_cannot_be_written_is_one_line_and_the_runs_stay(tmp_path, monkeypatch):
+  """The end of a suite: a failing report (here: its module, matplotlib with it, cannot be imported) is one line that
+  says the runs are safe and how to retry, not a traceback."""
+  import sys
+  from rich.console import Console
+  from explorer.runner import rebuild_reports
+  write_records(tmp_path, [make_record("a", "a", "c", 0.9)])
+  monkeypatch.setitem(sys.modules, "explorer.report", None)  # import explorer.report now raises ImportError
+  console = Console(record=True, width=200)
+  rebuild_reports(tmp_path, console, "experiments", [])
+  text = console.export_text()
+  assert "report failed (ModuleNotFoundError" in text and "runs are safe" in text and "mnist_explorer.py report" in text
+  assert (tmp_path / "runs" / "experiments" / "mnist" / "mlp" / "a.json").exists()
