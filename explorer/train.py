@@ -218,7 +218,7 @@ class Trainer:
     history = {"step": [], "train_loss": [], "lr": [], "eval_step": [], "val_loss": [], "val_acc": []}
     step_times, status, first_steps_s = [], "done", 0.0
     best = {"val_acc": -1.0, "val_loss": math.inf, "step": 0}
-    plateau = {"best_loss": math.inf, "bad": 0, "scale": 1.0, "weights": None}
+    plateau = {"best_loss": math.inf, "bad": 0, "scale": 1.0, "weights": None, "val": (None, None)}
     eval_s = 0.0
     for step in range(cfg.steps):
       stop.check()
@@ -243,7 +243,9 @@ class Trainer:
         history["val_loss"].append(val_loss)
         history["val_acc"].append(val_acc)
         if val_acc > best["val_acc"]: best = {"val_acc": val_acc, "val_loss": val_loss, "step": step + 1}
-        if cfg.schedule == "plateau": self._plateau(c, cfg, plateau, val_loss)
+        if cfg.schedule == "plateau":
+          self._plateau(c, cfg, plateau, val_loss)
+          if plateau["best_loss"] == val_loss: plateau["val"] = (val_loss, val_acc)  # the numbers of the weights it keeps
         if not math.isfinite(val_loss):
           status = "diverged"
           break
@@ -252,11 +254,8 @@ class Trainer:
     final_val = (history["val_loss"][-1], history["val_acc"][-1]) if history["val_acc"] else (None, None)
     if cfg.schedule == "plateau" and plateau["weights"] is not None:
       self._load_weights(c, plateau["weights"])
-      # the restored weights are the ones tested, so their validation numbers are the run's final ones
-      if status == "done" and plateau["best_loss"] != final_val[0]:
-        te = time.perf_counter()
-        final_val = self.evaluate(c, data.x_val, data.y_val)
-        eval_s += time.perf_counter() - te
+      # the restored weights are the ones tested, so their validation numbers (measured when they were kept) are final
+      if status == "done": final_val = plateau["val"]
     train_s = time.perf_counter() - t0
     result = {"status": status, "history": history, "batch_shape": list(xb.shape), "params": count_parameters(c.model), "device": self.device,
               "setup_s": setup_s, "compile_s": first_steps_s, "eval_s": eval_s,
