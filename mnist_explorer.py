@@ -97,17 +97,57 @@ def cap_steps(spec: RunSpec, max_steps: int) -> RunSpec:
   return replace(spec, config=capped, capped_from=cfg.steps)
 
 
+# tinygrad reads these as integers when it is imported: a bad value would be a traceback from deep inside it
+TINYGRAD_INT_VARS = ("DEBUG", "JIT", "BEAM", "NOOPT", "CACHELEVEL", "IGNORE_BEAM_CACHE", "NUM_CPU_THREADS", "JIT_BATCH_SIZE", "IMAGE",
+                     "FLOAT16", "CCACHE", "VIZ", "PROFILE", "PARALLEL", "TC", "SPLIT_REDUCEOP", "TRANSCENDENTAL")
+
+
+def check_tinygrad_env() -> None:
+  for name in TINYGRAD_INT_VARS:
+    value = os.environ.get(name)
+    if value is None: continue
+    try: number = int(value)
+    except ValueError: raise UserError(f"tinygrad's variable {name} must be an integer, got {value!r}") from None
+    if number < 0 and name not in ("VIZ",): raise UserError(f"tinygrad's variable {name} must be >= 0, got {value!r}")
+  if os.environ.get("JIT") not in (None, "0", "1", "2"): raise UserError(f"tinygrad's variable JIT must be 0, 1 or 2, got {os.environ['JIT']!r}")
+
+
 def check_backend() -> str:
-  """The tinygrad device, or one clear line on what to install."""
+  """The tinygrad device, opened once so that a wrong DEV or a missing driver is one clear line before anything trains."""
   dev = os.environ.get("DEV", "")
   if (dev in ("", "CPU") or dev.startswith("CPU")) and platform.system() == "Linux" and shutil.which("clang") is None:
     raise UserError("tinygrad's CPU backend needs the clang compiler: install it with 'sudo apt-get install -y clang' (or run ./setup.sh)")
   try:
     from tinygrad import Device
+  except ValueError as e:  # a tinygrad variable we do not check ourselves
+    raise UserError(f"tinygrad refused an environment variable: {' '.join(str(e).split())}") from None
+  try:
+    Device[Device.DEFAULT]  # opening it loads the backend's library and finds the hardware
     return Device.DEFAULT
-  except Exception as e:  # tinygrad raises RuntimeError("no usable devices") and friends
+  except Exception as e:  # ModuleNotFoundError for an unknown DEV, RuntimeError/AttributeError for a missing driver
     hint = " (on macOS: xcode-select --install)" if platform.system() == "Darwin" else ""
-    raise UserError(f"tinygrad found no usable device{f' for DEV={dev}' if dev else ''}: {' '.join(str(e).split())}{hint}") from None
+    if isinstance(e, ModuleNotFoundError) and dev: why = f"unknown device DEV={dev} (devices: CPU, CUDA, METAL, AMD, ...)"
+    else: why = " ".join(str(e).split()) or type(e).__name__
+    raise UserError(f"tinygrad cannot use the device{f' DEV={dev}' if dev else ''}: {why}{hint}") from None
+
+
+def load_data(specs: list[RunSpec], data_dir: str | None) -> dict:
+  """Every dataset the runs use, checked against every run before anything trains (batch and train_size against the
+  real training set, no empty split)."""
+  from explorer.data import load_dataset
+  datasets = {name: load_dataset(name, data_dir) for name in sorted({s.config.dataset for s in specs})}
+  for name, ds in datasets.items():
+    for split, x in (("training", ds.x_train), ("validation", ds.x_val), ("test", ds.x_test)):
+      if len(x) == 0: raise UserError(f"the {name} {split} set from {ds.source} is empty: check the data files")
+  for s in specs:
+    available = len(datasets[s.config.dataset].x_train)
+    n_train = s.config.train_size or available
+    if s.config.train_size > available:
+      raise UserError(f"run '{s.name}': train_size {s.config.train_size} is larger than the {s.config.dataset} training set "
+                      f"({available} images after the validation split)")
+    if s.config.batch > n_train:
+      raise UserError(f"run '{s.name}': batch {s.config.batch} is larger than its training set ({n_train} {s.config.dataset} images)")
+  return datasets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,18 +159,20 @@ def main(argv: list[str] | None = None) -> int:
   if args.model == "report":
     return report(results, console)
   specs = plan(args)
+  if not specs: raise UserError(f"{args.config}: no runs to train (the selected sections define none)")
   if args.list:
-    for s in specs: print(f"{s.config.model} {s.category:16s} {s.name:28s} {describe(s.config)}")
+    for s in specs: console.print(f"{s.config.model} {s.category:16s} {s.name:28s} {describe(s.config)}", markup=False, soft_wrap=True)
     return 0
+  check_tinygrad_env()
   device = check_backend()
-  from explorer.store import check_writable
-  check_writable(results)
+  from explorer.store import check_results_folder, now_iso, study_id
+  check_results_folder(results)
+  datasets = load_data(specs, args.data_dir)
   from explorer.runner import WORKER_ENV, run_suite, run_with_workers
-  from explorer.store import now_iso
   # --rerun: records finished before this command started do not count (helper processes get the same start time)
   rerun_since = (os.environ.get("MNIST_EXPLORER_RERUN_SINCE") or now_iso()) if args.rerun else None
-  suite_args = dict(suite=Path(args.config).stem, results=results, data_dir=args.data_dir, rerun_since=rerun_since, device=device,
-                    beam=args.beam, threads=threads_per_process(args))
+  suite_args = dict(suite=study_id(results, args.config), results=results, datasets=datasets, rerun_since=rerun_since, device=device,
+                    beam=args.beam, threads=threads_per_process(args), study_file=str(Path(args.config).resolve()))
   if args.workers > 1 or os.environ.get(WORKER_ENV):
     # longest runs first (by images to process), so the processes finish together instead of one waiting on the last long run
     specs = sorted(specs, key=lambda s: -s.config.steps * s.config.batch * (4 if s.config.model == "cnn" else 1))
@@ -139,12 +181,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(results: Path, console) -> int:
+  from rich.markup import escape
   from explorer.report import write_reports
-  from explorer.store import load_records
+  from explorer.store import check_results_folder, load_records
+  if not (results / "runs").is_dir(): raise UserError(f"no run records under {results}/runs: train something first (python mnist_explorer.py mlp)")
+  check_results_folder(results)
   records, warnings = load_records(results)
-  for w in warnings: console.print(f"[yellow]warning:[/] {w}")
-  if not records: raise UserError(f"no run records under {results}/runs: train something first (python mnist_explorer.py mlp)")
-  for path in write_reports(results): console.print(f"wrote {path}")
+  if not records and not warnings: raise UserError(f"no run records under {results}/runs: train something first (python mnist_explorer.py mlp)")
+  for path in write_reports(results, warn=lambda m: console.print(f"[yellow]warning:[/] {escape(m)}")): console.print(f"wrote {escape(str(path))}")
+  from explorer import stop
+  stop.check()
   return 0
 
 

@@ -427,7 +427,12 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
   """Hyperparameters set as env vars (upper-case keys and aliases), as raw strings; DATASET is handled by the CLI."""
   environ = os.environ if environ is None else environ
   names = {k.upper() for k in KEY_BY_NAME} | {a.upper() for a in ALIASES}
-  return {name.lower(): value for name, value in environ.items() if name in names}
+  found = {name.lower(): value for name, value in environ.items() if name in names}
+  for alias, key in ALIASES.items():
+    if alias in found and key in found and found[alias].strip() != found[key].strip():
+      raise UserError(f"env: {alias.upper()}={found[alias]} and {key.upper()}={found[key]} set the same hyperparameter differently; set one")
+    if alias in found and key in found: del found[alias]
+  return found
 
 
 def one_off_spec(doc: dict, model: str, path: str | Path, overrides: dict[str, Any]) -> RunSpec:

@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 import numpy as np
+from explorer.store import write_atomic
 
 DPI = 100
 MAX_POINTS = 1500  # curves are thinned to this many points before drawing: long runs would otherwise dominate the time
@@ -25,8 +26,8 @@ def safe_path(root: Path, *parts: str) -> Path:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=DPI)
+  # atomic (temp file + rename): a stop while drawing never leaves a truncated PNG that a report links to
+  write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
   fig.clear()  # a pyplot-free Figure is freed once unreferenced; clearing drops the artists right away
   return path
 

@@ -12,80 +12,66 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from tabulate import tabulate
 from explorer import plots
-from explorer.config import NAME_RE
-from explorer.store import METRIC_KEYS, load_records
+from explorer import record
+from explorer.record import METRIC_KEYS
+from explorer.store import load_records, write_atomic, write_text_atomic
 
-SCHEMA = 1
-STATUSES = ("done", "diverged", "interrupted", "failed")
+STATUSES = record.STATUSES
 TARGETS = {"mlp": 0.95, "cnn": 0.98}  # MNIST test accuracy the best configuration should reach (no such line for Fashion-MNIST)
 
 
 def target_for(dataset: str, model: str) -> float | None: return TARGETS.get(model) if dataset == "mnist" else None
-REQUIRED = {"schema": int, "suite": str, "model": str, "name": str, "group": str, "category": str, "status": str,
-            "config": dict, "metrics": dict}
 RUN_KEYS = ("params", "steps_done", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "device", "beam", "threads",
             "tinygrad_version", "host", "started_at", "finished_at", "capped_from", "position", "config_hash")
 MAX_HEATMAP_VALUES = 12  # more distinct values than this per axis: not a grid worth a heatmap
 MAX_LEVELS = 6  # a numeric axis with more distinct values (random search) is binned into quartiles for its swing
 VAL_NOTE = ("val acc = final validation accuracy (held-out training images; used to pick the best), test acc = test set; "
             "mean ± sample std over the seeds that finished (n shown when > 1); diverged/failed/interrupted runs are excluded from means")
+QUICK = "quick"  # the report variant of quick passes (--max-steps): its own files, never mixed with full-length results
 
 
 # ---------- records ----------
 
-def check_record(record: Any) -> str | None:
-  """Why a record cannot be reported (None when it can): hand-edited or garbage records are skipped, never fatal."""
-  if not isinstance(record, dict): return "not a JSON object"
-  missing = [k for k in REQUIRED if k not in record]
-  if missing: return f"missing {', '.join(missing)}"
-  for key, kind in REQUIRED.items():
-    if not isinstance(record[key], kind) or isinstance(record[key], bool): return f"'{key}' is not a {kind.__name__}"
-  if record["schema"] != SCHEMA: return f"schema {record['schema']} (this version reads {SCHEMA})"
-  if record["status"] not in STATUSES: return f"unknown status {record['status']!r}"
-  dataset = record.get("dataset") or record["config"].get("dataset")
-  for key, value in (("suite", record["suite"]), ("model", record["model"]), ("name", record["name"]), ("group", record["group"]),
-                     ("category", record["category"]), ("dataset", dataset)):
-    # these become folder and file names: the same rule as config names, so nothing is written outside the report folder
-    if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value: return f"invalid {key} {value!r}"
-  for key in ("history", "axes"):
-    if record.get(key) is not None and not isinstance(record[key], dict): return f"'{key}' is not an object"
-  return None
-
-
-def normalize(record: dict) -> dict:
-  """A checked record with the optional keys filled in, so the report code needs no guards."""
-  r = dict(record)
-  r["dataset"] = r.get("dataset") or r["config"].get("dataset")
-  r["history"] = r.get("history") or {}
-  r["axes"] = r.get("axes") or {}
-  r["description"] = r.get("description") if isinstance(r.get("description"), str) else ""
-  return r
-
-
 def check_records(raw: list) -> tuple[list[dict], list[str]]:
-  """The records that can be reported (normalized), plus one warning per skipped one."""
-  records, warnings, seen = [], [], set()
-  for record in raw:
-    problem = check_record(record)
-    where = "/".join(str(record.get(k, "?")) for k in ("suite", "dataset", "model", "name")) if isinstance(record, dict) else "?"
-    if problem:
-      warnings.append(f"skipped record {where}: {problem}")
-      continue
-    r = normalize(record)
-    key = (r["suite"], r["dataset"], r["model"], r["name"])
-    if key in seen:
-      warnings.append(f"skipped record {where}: a second record with the same name")
-      continue
-    seen.add(key)
-    records.append(r)
+  """The records that can be reported (normalized), plus one warning per skipped one (records that did not come
+  through store.load_records, e.g. in tests)."""
+  records, warnings = [], []
+  for r in raw:
+    why = record.problem(r)
+    if why:
+      where = "/".join(str(r.get(k, "?")) for k in ("suite", "dataset", "model", "name")) if isinstance(r, dict) else "?"
+      warnings.append(f"skipped record {where}: {why}")
+    else: records.append(record.normalize(r))
   return records, warnings
 
 
-def load_checked(results_dir: Path) -> tuple[list[dict], list[str]]:
-  """Stored records that can be reported, plus one warning per skipped file (the store's) or record (ours)."""
-  raw, warnings = load_records(Path(results_dir))
-  records, more = check_records(raw)
-  return records, warnings + more
+@dataclass
+class Selection:
+  """Which stored records a report shows: per run name the current full-length record, the quick passes apart, and
+  earlier configurations of the same names (kept on disk, listed, never mixed into the tables)."""
+  current: list[dict] = field(default_factory=list)
+  quick: list[dict] = field(default_factory=list)
+  earlier: list[dict] = field(default_factory=list)
+
+
+def _newest_first(r: dict) -> tuple: return (str(r.get("finished_at") or ""), str(r.get("started_at") or ""))
+
+
+def select(records: list[dict], prefer: dict[tuple, str] | None = None) -> Selection:
+  """prefer: (suite, dataset, model, name) -> config hash of the run the suite just planned; otherwise the newest wins."""
+  prefer = prefer or {}
+  by_name: dict[tuple, list[dict]] = defaultdict(list)
+  for r in records: by_name[(r["suite"], r["dataset"], r["model"], r["name"], record.is_quick(r))].append(r)
+  out = Selection()
+  for (suite, dataset, model, name, quick), rs in by_name.items():
+    # the same configuration twice (an older explorer's <name>.json next to the new file): the newest is the one
+    unique: dict[str | None, dict] = {}
+    for r in sorted(rs, key=_newest_first, reverse=True): unique.setdefault(r.get("config_hash") or id(r), r)
+    ordered = sorted(unique.values(), key=_newest_first, reverse=True)
+    ordered.sort(key=lambda r: r.get("config_hash") != prefer.get((suite, dataset, model, name)))  # stable: newest next
+    (out.quick if quick else out.current).append(ordered[0])
+    if not quick: out.earlier += ordered[1:]
+  return out
 
 
 def num(x: Any) -> float | None:
@@ -412,15 +398,25 @@ def speed_note(records: list[dict]) -> str:
 
 
 def model_report(folder: Path, suite: str, dataset: str, model: str, records: list[dict], others: list[str],
-                 warn: Callable[[str], None], redraw: bool = True) -> tuple[str, list[Path], dict]:
-  """Markdown text, written plot paths and a summary (for index.md and comparison.md) of one model's runs."""
+                 warn: Callable[[str], None], redraw: bool = True, variant: str = "", earlier: list[dict] | None = None,
+                 has_quick: bool = False) -> tuple[str, list[Path], dict]:
+  """Markdown text, written plot paths and a summary (for index.md and comparison.md) of one model's runs.
+  variant "quick": the report of the quick passes (own files and figures, clearly marked)."""
   groups = make_groups(records)
   categories = by_category(groups)
-  plot = Plotter(folder, model, warn, redraw)
+  stem = report_stem(model, variant)
+  plot = Plotter(folder, stem, warn, redraw)
   devices = sorted({str(r.get("device")) for r in records if r.get("device")}) or ["unknown"]
   versions = sorted({str(r.get("tinygrad_version")) for r in records if r.get("tinygrad_version")}) or ["unknown"]
   best, verdict_text = verdict(groups)
-  lines = [f"# {label(model)} on {dataset} — suite `{suite}`", "",
+  title = f"# {label(model)} on {dataset} — suite `{suite}`" + (" — quick passes" if variant == QUICK else "")
+  lines = [title, ""]
+  if variant == QUICK:
+    lines += ["> **Quick passes (--max-steps):** every run here had its steps capped, so accuracies are lower than full runs "
+              f"reach. Full-length results are in [{model}.md]({model}.md) (when any exist); the two are never mixed.", ""]
+  elif has_quick:
+    lines += [f"Quick passes of this suite (--max-steps) are reported apart: [{report_stem(model, QUICK)}.md]({report_stem(model, QUICK)}.md).", ""]
+  lines += [
            f"{len(records)} runs ({len(groups)} configurations in {len(categories)} categories) · device {', '.join(devices)} · "
            f"tinygrad {', '.join(versions)}" + speed_note(records), "", f"_{VAL_NOTE}._", ""]
   capped = Counter((int(r["capped_from"]), r["config"].get("steps")) for r in records if num(r.get("capped_from")) is not None)
@@ -514,11 +510,25 @@ def model_report(folder: Path, suite: str, dataset: str, model: str, records: li
       error = r.get("error")
       lines.append(f"- {code(r['name'])} — {r['status']}{steps}" + (f": {cell(error)}" if error else ""))
     lines.append("")
-  lines += ["## Files", "", f"- [{model}.csv]({model}.csv): one row per run (every config key, metric and timing).", ""]
+  if earlier:
+    lines += ["## Earlier configurations of these runs", "",
+              "Stored records of the same run names trained with another configuration (kept on disk, not in any table above).", ""]
+    current = {r["name"]: r for r in records}
+    rows = []
+    for r in sorted(earlier, key=lambda r: (r["name"], _newest_first(r))):
+      now = current.get(r["name"], {}).get("config", {})
+      changed = ", ".join(f"{k}={fmt_value(v)}" for k, v in sorted(r["config"].items()) if now and now.get(k) != v) or "—"
+      rows.append([code(r["name"]), changed, r["status"], pct(stat([value(r, "val_acc")])), pct(stat([value(r, "test_acc")])),
+                   str(r.get("finished_at") or "—")])
+    lines += [table(rows, ["run", "its configuration differed in", "status", "val acc (%)", "test acc (%)", "finished"]), ""]
+  lines += ["## Files", "", f"- [{stem}.csv]({stem}.csv): one row per run (every config key, metric and timing).", ""]
 
   summary = {"model": model, "runs": len(records), "configs": len(groups), "best": best,
              "params": best.stat("params").mean if best else None, "ms_per_step": best.stat("ms_per_step").mean if best else None}
   return "\n".join(lines), plot.written, summary
+
+
+def report_stem(model: str, variant: str = "") -> str: return f"{model}-{variant}" if variant else model
 
 
 def write_csv(path: Path, records: list[dict]) -> Path:
@@ -538,11 +548,12 @@ def write_csv(path: Path, records: list[dict]) -> Path:
     row.update({k: plain(v) for k, v in r["metrics"].items() if k not in config_keys})
     row["axes"] = json.dumps(r["axes"]) if r["axes"] else ""
     rows.append(row)
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-  return path
+  def write(tmp: Path) -> None:
+    with open(tmp, "w", newline="") as f:
+      writer = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore")
+      writer.writeheader()
+      writer.writerows(rows)
+  return write_atomic(path, write)
 
 
 def comparison(suite: str, dataset: str, summaries: list[dict]) -> str:
@@ -568,45 +579,51 @@ def report_folder(results_dir: Path, suite: str, dataset: str) -> Path:
 def _stderr(message: str) -> None: print(f"warning: {message}", file=sys.stderr)
 
 
-def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None,
-                  redraw: set[tuple[str, str, str]] | None = None) -> list[Path]:
-  """Regenerate every report from the stored records; returns the written paths (markdown, CSV, PNG).
+def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None, redraw: set[tuple[str, str, str]] | None = None,
+                  prefer: dict[tuple, str] | None = None) -> list[Path]:
+  """Regenerate every report from the stored records; returns the written paths (markdown, CSV, PNG). Every file is
+  written atomically (a stop at any moment leaves the old file or the new one).
   redraw: the (suite, dataset, model) reports whose figures are drawn again (None: all); the others keep figures that
   exist, which keeps a suite's end quick when the results folder holds many other studies (or the other model's runs).
-  warn gets one line per record skipped by this module's checks and per failed plot (the store's own warnings for
-  unreadable files are not repeated: its caller prints them); all of them are also listed in index.md."""
+  prefer: (suite, dataset, model, name) -> the config hash a suite just ran, shown in preference to other stored versions.
+  warn gets one line per skipped record file and per failed plot; all of them are also listed in index.md."""
   results_dir = Path(results_dir)
   warn = warn or _stderr
-  raw, warnings = load_records(results_dir)
-  records, problems = check_records(raw)
-  for w in problems: warn(w)
-  warnings += problems
+  records, warnings = load_records(results_dir)
+  for w in warnings: warn(w)
   def note(message: str) -> None:
     warnings.append(message)
     warn(message)
-  pairs: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-  for r in records: pairs[(r["suite"], r["dataset"])][r["model"]].append(r)
+  chosen = select(records, prefer)
+  pairs: dict[tuple[str, str], dict[str, dict[str, list[dict]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+  for kind, rs in (("", chosen.current), (QUICK, chosen.quick), ("earlier", chosen.earlier)):
+    for r in rs: pairs[(r["suite"], r["dataset"])][r["model"]][kind].append(r)
   written: list[Path] = []
   index_rows = []
   for (suite, dataset), models in sorted(pairs.items()):
     folder = report_folder(results_dir, suite, dataset)
     folder.mkdir(parents=True, exist_ok=True)
     summaries = []
+    full_models = [m for m in sorted(models, key=model_order) if models[m][""]]
     for model in sorted(models, key=model_order):
-      others = [m for m in sorted(models, key=model_order) if m != model]
-      text, pngs, summary = model_report(folder, suite, dataset, model, models[model], others, note,
-                                         redraw is None or (suite, dataset, model) in redraw)
-      md = plots.safe_path(folder, f"{model}.md")
-      md.write_text(text)
-      written += [md, write_csv(plots.safe_path(folder, f"{model}.csv"), models[model]), *pngs]
-      summaries.append(summary)
-      rel = md.relative_to(results_dir.resolve()).as_posix()
-      best = summary["best"]
-      index_rows.append([f"{suite} / {dataset}", f"[{label(model)}]({rel})", summary["runs"], summary["configs"],
-                         code(best.name) if best else "—", pct(best.stat("test_acc")) if best else "—"])
+      for variant in ("", QUICK):
+        runs = models[model][variant]
+        if not runs: continue
+        others = [m for m in full_models if m != model] if not variant else []
+        text, pngs, summary = model_report(folder, suite, dataset, model, runs, others, note,
+                                           redraw is None or (suite, dataset, model) in redraw, variant,
+                                           models[model]["earlier"] if not variant else None, bool(models[model][QUICK]))
+        stem = report_stem(model, variant)
+        md = write_text_atomic(plots.safe_path(folder, f"{stem}.md"), text)
+        written += [md, write_csv(plots.safe_path(folder, f"{stem}.csv"), runs), *pngs]
+        if not variant: summaries.append(summary)
+        rel = md.relative_to(results_dir.resolve()).as_posix()
+        best = summary["best"]
+        kind = label(model) + (" · quick passes (steps capped, not comparable)" if variant else "")
+        index_rows.append([f"{suite} / {dataset}", f"[{kind}]({rel})", summary["runs"], summary["configs"],
+                           code(best.name) if best else "—", pct(best.stat("test_acc")) if best else "—"])
     if len(summaries) > 1:
-      path = plots.safe_path(folder, "comparison.md")
-      path.write_text(comparison(suite, dataset, summaries))
+      path = write_text_atomic(plots.safe_path(folder, "comparison.md"), comparison(suite, dataset, summaries))
       written.append(path)
       index_rows.append([f"{suite} / {dataset}", f"[comparison]({path.relative_to(results_dir.resolve()).as_posix()})", "", "", "", ""])
   lines = ["# mnist-explorer results", "", "One report per suite, dataset and model (regenerate with `python mnist_explorer.py report`).", ""]
@@ -618,9 +635,7 @@ def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None,
     lines += ["## Skipped records and warnings", ""] + [f"- {cell(w)}" for w in warnings] + [""]
   if records or warnings:
     results_dir.mkdir(parents=True, exist_ok=True)
-    index = plots.safe_path(results_dir, "index.md")
-    index.write_text("\n".join(lines))
-    written.append(index)
+    written.append(write_text_atomic(plots.safe_path(results_dir, "index.md"), "\n".join(lines)))
   return written
 
 

@@ -1,29 +1,21 @@
 """Runs a planned suite: claim each run, skip finished ones, train with live progress, store the record, build reports.
 Ctrl-C/SIGTERM: the interrupted run is recorded as interrupted, finished runs stay, reports are rebuilt, exit 130."""
 from __future__ import annotations
-import math, os, platform, signal, socket, subprocess, sys, time, traceback
+import ctypes, math, os, signal, subprocess, sys, time, traceback
 from importlib.metadata import version
 from pathlib import Path
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from explorer.config import RunSpec, describe
-from explorer.data import load_dataset
+from explorer.data import Dataset
 from explorer.errors import UserError
-from explorer import store
+from explorer import record, stop, store
 
 
 def make_record(spec: RunSpec, suite: str, result: dict | None, status: str, error: str | None, started_at: str, beam: int = 0,
-                threads: int = 1) -> dict:
-  result = result or {}
-  return {
-    "schema": store.SCHEMA, "suite": suite, "model": spec.config.model, "name": spec.name, "group": spec.group,
-    "category": spec.category, "description": spec.description, "axes": spec.axes, "config_hash": spec.config.hash(),
-    "capped_from": spec.capped_from, "position": spec.position, "config": spec.config.to_dict(), "status": status, "error": error,
-    "metrics": {k: result[k] for k in store.METRIC_KEYS if k in result}, "history": result.get("history", {}),
-    **{k: result.get(k) for k in ("params", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "steps_done", "device")}, "beam": beam, "threads": threads,
-    "tinygrad_version": version("tinygrad"), "code_version": CODE_VERSION, "dataset": spec.config.dataset, "host": platform.node() or socket.gethostname(),
-    "started_at": started_at, "finished_at": store.now_iso(),
-  }
+                threads: int = 1, study_file: str | None = None) -> dict:
+  return record.make(spec, suite, result, status, error, started_at, store.now_iso(), beam, threads, CODE_VERSION, study_file)
 
 
 def code_version() -> str | None:
@@ -43,16 +35,18 @@ CODE_VERSION = code_version()
 def _pct(x) -> str: return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
 
-def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | None, rerun_since: str | None, device: str,
-              console: Console, summary: bool = True, beam: int = 0, threads: int = 1, rebuild: bool = True) -> int:
+def run_suite(specs: list[RunSpec], suite: str, results: Path, datasets: dict[str, Dataset], rerun_since: str | None, device: str,
+              console: Console, summary: bool = True, beam: int = 0, threads: int = 1, rebuild: bool = True,
+              study_file: str | None = None) -> int:
   """rerun_since: with --rerun, the start time of the command: only records finished after it count as done (so the
   worker processes of one --rerun command still share the work)."""
   from explorer.train import Trainer  # imports tinygrad: only once the inputs are known to be good
-  for path, info in store.stale_claims(results):
-    console.print(f"[yellow]stale claim[/] {path.name}: its explorer (pid {info.get('pid', '?')}) died; the run will be trained again")
-  datasets = {name: load_dataset(name, data_dir) for name in sorted({s.config.dataset for s in specs})}
-  for name, ds in datasets.items(): console.print(f"data: {name} from {ds.source} ({len(ds.x_train)} train, {len(ds.x_val)} val, {len(ds.x_test)} test)")
-  console.print(f"device: {device} · tinygrad {version('tinygrad')} · {len(specs)} runs · results in {results}/")
+  for path, info, why in store.clear_stale(results):
+    owner = f"its explorer (pid {info.get('pid', '?')}) died" if why is None else f"it is invalid ({why})"
+    console.print(f"[yellow]stale claim[/] {escape(str(path))}: {owner}; cleared (its run is trained again unless it finished)")
+  for name, ds in datasets.items():
+    console.print(f"data: {name} from {escape(ds.source)} ({len(ds.x_train)} train, {len(ds.x_val)} val, {len(ds.x_test)} test)")
+  console.print(f"device: {device} · tinygrad {version('tinygrad')} · {plural(len(specs), 'run')} · results in {escape(str(results))}/")
   trainer = Trainer(beam=beam, threads=threads)
   if trainer.threads > 1: console.print(f"CPU kernels run on {trainer.threads} threads (--threads)")
   if beam: console.print(f"BEAM={beam} kernel search for the compiled steps (cached on disk after the first run of a shape)")
@@ -60,24 +54,27 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
   started_wall = time.perf_counter()
   try:
     for i, spec in enumerate(specs, 1):
+      if parent_gone(): raise KeyboardInterrupt  # a helper whose explorer died stops (where PR_SET_PDEATHSIG does not exist)
       cfg = spec.config
-      path = store.record_path(results, suite, cfg.dataset, cfg.model, spec.name)
-      if store.is_complete(store.read_record(path), cfg.hash(), rerun_since):
+      path = store.record_path(results, suite, cfg.dataset, cfg.model, spec.name, cfg.hash())
+      def done_already() -> bool:
+        return store.is_complete(store.find_record(results, suite, cfg.dataset, cfg.model, spec.name, cfg.hash()), cfg.hash(), rerun_since)
+      if done_already():
         skipped += 1
         continue
-      claim = store.try_claim(path.parent, spec.name, cfg.hash())
+      claim = store.try_claim(path.parent, path.name.removesuffix(".json"), cfg.hash(),
+                              warn=lambda m: console.print(f"[yellow]warning:[/] {escape(m)}"))
       if claim is None:
         busy += 1
-        console.print(f"[dim]{spec.name}: another explorer is training it; skipped[/]")
+        console.print(f"[dim]{escape(spec.name)}: another explorer is training it; skipped[/]")
         continue
       try:
-        # the other explorer may have finished it between our check and our claim
-        if store.is_complete(store.read_record(path), cfg.hash(), rerun_since):
+        if done_already():  # the other explorer may have finished it between our check and our claim
           skipped += 1
           continue
-        console.rule(f"[{i}/{len(specs)}] {cfg.model} · {spec.category} · {spec.name}")
-        if spec.description: console.print(spec.description)
-        capped = f" (steps capped from {spec.capped_from} by --max-steps)" if spec.capped_from else ""
+        console.rule(escape(f"[{i}/{len(specs)}] {cfg.model} · {spec.category} · {spec.name}"))
+        if spec.description: console.print(spec.description, markup=False)
+        capped = f" (steps capped from {spec.capped_from} by --max-steps: a quick pass, reported separately)" if spec.capped_from else ""
         console.print(describe(cfg) + capped, style="dim", markup=False, soft_wrap=True)
         started_at = store.now_iso()
         data = datasets[cfg.dataset]
@@ -86,69 +83,109 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
           status, error = result["status"], ("loss became NaN/inf: diverged" if result["status"] == "diverged" else None)
         except KeyboardInterrupt:
           store.save_record(path, make_record(spec, suite, None, "interrupted", "interrupted by Ctrl-C/SIGTERM", started_at, beam,
-                                                trainer.threads))
+                                              trainer.threads, study_file))
           raise
-        except (UserError, MemoryError): raise
+        except UserError: raise
+        except MemoryError as e:  # numpy's or tinygrad's: this configuration is too big for the machine, the next may fit
+          trainer.compiled.pop(cfg.shape_key(), None)  # a half-built step is not reused
+          result, status, error = None, "failed", f"out of memory: {' '.join(str(e).split())[:200] or 'MemoryError'}"
+          console.print(f"[red]failed:[/] {escape(error)}")
         except Exception as e:  # a crash inside one run is recorded and the suite goes on
           result, status, error = None, "failed", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-          console.print(f"[red]failed:[/] {error}")
-          console.print(f"[dim]{traceback.format_exc(limit=3)}[/]")
-        record = make_record(spec, suite, result, status, error, started_at, beam, trainer.threads)
-        store.save_record(path, record)
-        finished.append(record)
+          console.print(f"[red]failed:[/] {escape(error)}")
+          console.print(traceback.format_exc(limit=3), style="dim", markup=False)
+        rec = make_record(spec, suite, result, status, error, started_at, beam, trainer.threads, study_file)
+        store.save_record(path, rec)
+        finished.append(rec)
         failed += status == "failed"
-        m = record["metrics"]
+        m = rec["metrics"]
         colour = {"done": "green", "diverged": "yellow"}.get(status, "red")
         console.print(f"[{colour}]{status}[/] val {_pct(m.get('best_val_acc'))} (best) · test {_pct(m.get('test_acc'))} · "
-                      f"{record['ms_per_step'] or 0:.1f} ms/step · compile {record['compile_s'] or 0:.1f}s · {record['wall_s'] or 0:.1f}s")
+                      f"{rec['ms_per_step'] or 0:.1f} ms/step · compile {rec['compile_s'] or 0:.1f}s · {rec['wall_s'] or 0:.1f}s")
       finally:
         store.release(claim)
   except KeyboardInterrupt:
     if rebuild: rebuild_reports(results, console, suite, specs)
-    console.print(f"[red]interrupted[/] after {len(finished)} finished runs (kept in {results}/runs)")
+    console.print(f"[red]interrupted[/] after {plural(len(finished), 'finished run')} (kept in {escape(str(results))}/runs)")
     raise
   if rebuild: rebuild_reports(results, console, suite, specs)
+  stop.check()  # a stop during the reports may have been swallowed by a matplotlib callback: still exit 130
   console.print(f"{len(finished)} trained, {skipped} already finished (skipped; --rerun to train again)"
                 + (f", {busy} held by another explorer" if busy else "") + f" · {time.perf_counter() - started_wall:.1f}s")
   if finished and summary:
     from explorer.report import summary_table
     console.print(summary_table(finished))
-  if failed: console.print(f"[red]{failed} runs failed[/]: see their records and the report")
+  if failed: console.print(f"[red]{plural(failed, 'run')} failed[/]: see their records and the report")
   return 1 if failed else 0
 
 
+def plural(n: int, word: str) -> str: return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 WORKER_ENV = "MNIST_EXPLORER_WORKER"
+PARENT_ENV = "MNIST_EXPLORER_PARENT"
+HELPER_STOP_S = 60  # after a stop, how long helpers get to record their interrupted run before they are killed
+
+
+def _die_with_parent() -> None:
+  """In a helper, before exec: SIGTERM when the explorer that started it dies, even by SIGKILL (Linux's PR_SET_PDEATHSIG)."""
+  try: ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+  except (OSError, AttributeError): pass  # not Linux: helpers also check their parent before each run (parent_gone)
+
+
+def parent_gone() -> bool:
+  parent = os.environ.get(PARENT_ENV) if os.environ.get(WORKER_ENV) else None
+  return bool(parent) and str(os.getppid()) != parent
 
 
 def run_with_workers(argv: list[str], workers: int, specs: list[RunSpec], suite: str, results: Path, console: Console,
                      **suite_args) -> int:
   """--workers N: N-1 helper processes run the same command next to this one. Each run is claimed before it trains,
-  so every configuration is trained once. Each process gets its share of the cores (--threads)."""
+  so every configuration is trained once. Each process gets its share of the cores (--threads). A stop (Ctrl-C, SIGTERM,
+  at any moment, also while waiting for the helpers) is passed on to them; a helper whose explorer dies stops too."""
   log_dir = results / "workers"
   log_dir.mkdir(parents=True, exist_ok=True)
   children = []
-  for i in range(1, workers):
-    log = open(log_dir / f"worker-{i}.log", "w")
-    env = {**os.environ, WORKER_ENV: str(i), "MNIST_EXPLORER_RERUN_SINCE": suite_args["rerun_since"] or ""}
-    children.append((subprocess.Popen([sys.executable, str(Path(__file__).resolve().parents[1] / "mnist_explorer.py"), *argv,
-                                       "--workers", "1", "--threads", str(suite_args["threads"])], env=env, stdout=log, stderr=subprocess.STDOUT), log))
-  console.print(f"{workers - 1} helper process(es) started; their output: {log_dir}/worker-*.log")
   try:
+    for i in range(1, workers):
+      with open(log_dir / f"worker-{i}.log", "w") as log:
+        env = {**os.environ, WORKER_ENV: str(i), PARENT_ENV: str(os.getpid()), "MNIST_EXPLORER_RERUN_SINCE": suite_args["rerun_since"] or ""}
+        children.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve().parents[1] / "mnist_explorer.py"), *argv,
+                                          "--workers", "1", "--threads", str(suite_args["threads"])], env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent if sys.platform == "linux" else None))
+    console.print(f"{plural(workers - 1, 'helper process')} started; their output: {escape(str(log_dir))}/worker-*.log")
     code = run_suite(specs, suite, results, console=console, summary=False, rebuild=False, **suite_args)  # rebuilt once, below
-  except KeyboardInterrupt:  # Ctrl-C reaches the whole process group, a SIGTERM only this process: pass it on
-    for p, _ in children:
-      if p.poll() is None: p.send_signal(signal.SIGTERM)
-    raise
-  finally:
-    codes = [p.wait() for p, _ in children]  # Ctrl-C reaches the whole process group: they stop and record too
-    for _, log in children: log.close()
+    if any(p.poll() is None for p in children): console.print("[dim]waiting for the helper processes to finish their runs…[/]")
+    codes = [p.wait() for p in children]
+  except KeyboardInterrupt:
+    stop_children(children)
     rebuild_reports(results, console, suite, specs)
-  records = [store.read_record(store.record_path(results, suite, s.config.dataset, s.config.model, s.name)) for s in specs]
-  records = [r for r in records if r]
-  if records:
+    raise
+  rebuild_reports(results, console, suite, specs)
+  stop.check()
+  found = [store.find_record(results, suite, s.config.dataset, s.config.model, s.name, s.config.hash()) for s in specs]
+  found = [r for r in found if r]
+  if found:
     from explorer.report import summary_table
-    console.print(summary_table(records))
+    console.print(summary_table(found))
+  if any(c not in (0, 1) for c in codes): console.print(f"[red]a helper process stopped with exit code {max(codes)}[/]: see {escape(str(log_dir))}")
   return max([code, *codes])
+
+
+def stop_children(children: list[subprocess.Popen]) -> None:
+  """Pass a stop on (a SIGTERM reaches only this process; Ctrl-C the whole group) and wait, however often interrupted,
+  until every helper has recorded its interrupted run and exited; one that hangs is killed."""
+  for p in children:
+    if p.poll() is None:
+      try: p.send_signal(signal.SIGTERM)
+      except ProcessLookupError: pass
+  deadline = time.monotonic() + HELPER_STOP_S
+  for p in children:
+    while p.poll() is None:
+      try: p.wait(timeout=max(0.1, deadline - time.monotonic()))
+      except subprocess.TimeoutExpired:
+        p.kill()
+      except KeyboardInterrupt: continue  # a second Ctrl-C must not leave helpers behind
 
 
 def train_with_progress(trainer, spec: RunSpec, data, console: Console) -> dict:
@@ -169,9 +206,12 @@ def rebuild_reports(results: Path, console: Console, suite: str, specs: list[Run
   if os.environ.get(WORKER_ENV): return  # a helper process: the main one rebuilds once all are done
   try:
     from explorer.report import write_reports  # matplotlib too: a broken install must not hide the stored runs either
-    paths = write_reports(results, redraw={(suite, s.config.dataset, s.config.model) for s in specs})
-  except UserError: raise
+    paths = write_reports(results, redraw={(suite, s.config.dataset, s.config.model) for s in specs},
+                          prefer={(suite, s.config.dataset, s.config.model, s.name): s.config.hash() for s in specs},
+                          warn=lambda m: console.print(f"[yellow]warning:[/] {escape(m)}"))
+  except (UserError, KeyboardInterrupt): raise
   except Exception as e:  # a report bug must not hide the stored runs
-    console.print(f"[red]report failed[/] ({type(e).__name__}: {e}); runs are safe in {results}/runs; retry with: python mnist_explorer.py report")
+    console.print(f"[red]report failed[/] ({escape(type(e).__name__)}: {escape(str(e))}); runs are safe in {escape(str(results))}/runs; "
+                  "retry with: python mnist_explorer.py report")
     return
-  if paths: console.print(f"reports: {', '.join(str(p) for p in paths if str(p).endswith('.md'))}")
+  if paths: console.print(f"reports: {escape(', '.join(str(p) for p in paths if str(p).endswith('.md')))}")

@@ -1,39 +1,44 @@
-"""The results store: one JSON record per run, written atomically; a claim file while a run trains.
+"""The results store: one JSON record per trained configuration, written atomically; a claim file while a run trains.
 
-Layout: <results>/runs/<suite>/<dataset>/<model>/<name>.json   the record (temp file + rename: never half-written)
-        <results>/runs/<suite>/<dataset>/<model>/<name>.claim  exists while the run trains (atomic O_EXCL create)
-A claim whose process is gone (killed, even with SIGKILL) is stale: the next explorer recognises it, says so and
-takes the run over. Two explorers on one folder never train the same run twice: the claim is taken before training."""
+Layout: <results>/runs/<study>/study.json                                   which study file the folder belongs to
+        <results>/runs/<study>/<dataset>/<model>/<name>.<config hash>.json  the record (temp file + rename: never half-written)
+        <results>/runs/<study>/<dataset>/<model>/<name>.<config hash>.claim exists while the run trains
+A record is identified by what was trained: the study, the dataset, the model, the run's name and the hash of its fully
+resolved configuration (steps included). A quick pass or an edited configuration is another file: it never replaces a
+finished run. Two study files with the same file name get two study folders (the second gets a -2 suffix).
+
+A claim records its owner's host, boot and process start time, so an explorer that died (even with SIGKILL, even when its
+PID was reused since) is recognised; a claim that cannot be read or has the wrong shape is stale too (with a warning)."""
 from __future__ import annotations
-import errno, json, os, socket, tempfile, time
+import errno, hashlib, json, os, re, socket, tempfile, time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from explorer.errors import UserError
+from explorer import record as rec
 
-SCHEMA = 1
-# the metrics a run record holds (runner writes them, report reads them)
-METRIC_KEYS = ("test_acc", "test_loss", "best_val_acc", "best_val_step", "final_val_acc", "final_val_loss", "final_train_loss",
-               "train_acc", "train_eval_loss")
-REQUIRED = ("schema", "suite", "model", "name", "group", "category", "config", "status")
+STUDY_MARKER = "study.json"
+LEGACY_SUFFIX = ".json"  # records of explorer versions before the config hash was part of the file name
+TEMP_RE = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")  # .<file>.<pid>.<random>.tmp
 
 
 def now_iso() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run_dir(results: Path, suite: str, dataset: str, model: str) -> Path:
-  return Path(results) / "runs" / suite / dataset / model
-
-
 def safe_child(folder: Path, name: str) -> Path:
-  """folder/name, refusing anything that would resolve outside folder (names come from user configs)."""
-  path = (folder / name).resolve()
-  if path.parent != folder.resolve(): raise UserError(f"refusing to write {name!r}: it would leave {folder}")
+  """folder/name, refusing anything that would resolve outside folder (names come from user configs and records)."""
+  path = (Path(folder) / name).resolve()
+  if path.parent != Path(folder).resolve(): raise UserError(f"refusing to write {name!r}: it would leave {folder}")
   return path
 
 
-def check_writable(results: Path) -> None:
-  """Fail before training when the results folder cannot be written (one line, exit 2)."""
+def check_results_folder(results: Path) -> None:
+  """Fail before training when the results folder cannot hold a store (one line, exit 2)."""
+  results = Path(results)
+  for path, want_dir in ((results, True), (results / "runs", True), (results / "index.md", False)):
+    if path.exists() and path.is_dir() != want_dir:
+      raise UserError(f"results folder {results} is unusable: {path} is a {'file' if want_dir else 'folder'} "
+                      f"(move it away or choose another folder with --results DIR)")
   try:
     results.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=results, prefix=".write-test-"): pass
@@ -41,84 +46,123 @@ def check_writable(results: Path) -> None:
     raise UserError(f"results folder {results} is not writable: {e.strerror or e} (choose another with --results DIR)") from None
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-  """Write to a temp file in the same folder, fsync, then rename: readers see the old file or the new one, never half."""
+
+# ---------- atomic files ----------
+
+def temp_for(path: Path) -> Path:
+  """A temp file next to path, named with this process's pid so a later explorer can tell an orphan from a live write."""
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+  os.close(fd)
+  return Path(tmp)
+
+
+def write_atomic(path: Path, write) -> Path:
+  """write(tmp_path) fills a temp file; it then replaces path in one rename: readers see the old file or the new one."""
+  path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  tmp = temp_for(path)
   try:
-    with os.fdopen(fd, "w") as f:
+    write(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+  return path
+
+
+def write_json_atomic(path: Path, data) -> Path:
+  def write(tmp: Path) -> None:
+    with open(tmp, "w") as f:
       json.dump(data, f, indent=1, allow_nan=True)
       f.flush()
       os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    try: os.unlink(tmp)
-    except OSError: pass
-    raise
+  return write_atomic(path, write)
 
 
-@dataclass
-class Claim:
-  path: Path
-  stale_from: dict | None = None  # the dead claim this one replaced, if any
+def write_text_atomic(path: Path, text: str) -> Path: return write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
-def _pid_alive(pid: int) -> bool:
-  try: os.kill(pid, 0)
-  except ProcessLookupError: return False
-  except PermissionError: return True
-  return True
-
-
-def claim_is_stale(info: dict) -> bool:
-  """A claim is stale when its process is gone. On another host we cannot tell: trust it for 24 hours."""
-  if info.get("host") == socket.gethostname(): return not _pid_alive(int(info.get("pid", -1)))
-  return time.time() - float(info.get("time", 0)) > 24 * 3600
-
-
-def read_claim(path: Path) -> dict | None:
-  try: return json.loads(path.read_text())
-  except FileNotFoundError: return None
-  except (OSError, ValueError): return {}  # unreadable or half-written claim: treat its owner as unknown
-
-
-def try_claim(folder: Path, name: str, config_hash: str) -> Claim | None:
-  """Atomically claim a run. None when a live explorer holds it. A stale claim is taken over (and reported)."""
-  folder.mkdir(parents=True, exist_ok=True)
-  path = safe_child(folder, name + ".claim")
-  info = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "started_at": now_iso(), "config_hash": config_hash}
-  stale = None
-  for _ in range(3):
+def remove_orphan_temps(folder: Path) -> list[Path]:
+  """Temp files left by explorers that were killed mid-write (their pid is gone)."""
+  removed = []
+  if not Path(folder).is_dir(): return removed
+  for path in Path(folder).rglob(".*.tmp"):
+    m = TEMP_RE.match(path.name)
+    if m and (int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1)))): continue
     try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      held = read_claim(path)
-      if held is None: continue  # it was just released: try again
-      if held and not claim_is_stale(held): return None
-      if not held and time.time() - path.stat().st_mtime < 60: return None  # being written right now
-      stale = held or {}
-      try: path.unlink()  # stale: its owner died; take it over
-      except FileNotFoundError: pass
-      continue
-    with os.fdopen(fd, "w") as f: json.dump(info, f)
-    return Claim(path, stale)
-  return None
+      path.unlink()
+      removed.append(path)
+    except OSError: pass
+  return removed
 
 
-def release(claim: Claim) -> None:
-  try: claim.path.unlink()
-  except FileNotFoundError: pass
+# ---------- studies ----------
+
+def slug(text: str) -> str:
+  """A file-name-safe form of a study file's name (spaces, accents and the like become '-')."""
+  s = re.sub(r"[^A-Za-z0-9._=+-]+", "-", text).strip("-.") or "study"
+  s = re.sub(r"\.\.+", ".", s)
+  return s[:60] if rec.is_safe_name(s[:60]) else "study"
 
 
-def record_path(results: Path, suite: str, dataset: str, model: str, name: str) -> Path:
-  folder = run_dir(results, suite, dataset, model)
-  return safe_child(folder, name + ".json")
+def study_id(results: Path, study_file: str | Path) -> str:
+  """The folder name under runs/ for a study file: its (slugged) stem, or stem-2, stem-3, ... when another study file of
+  the same name already uses it. The marker names the file relative to the results folder, so moving a project with
+  its results keeps them; a folder whose study file no longer exists (moved elsewhere) is taken over."""
+  results = Path(results)
+  source = os.path.relpath(Path(study_file).expanduser().resolve(), results.resolve())
+  base = slug(Path(study_file).stem)
+  for n in range(1, 1000):
+    sid = base if n == 1 else f"{base}-{n}"
+    marker = results / "runs" / sid / STUDY_MARKER
+    owner = _read_marker(marker)
+    if owner is None:  # a new folder, one of an explorer version without markers, or a damaged marker: this study's now
+      _write_marker(marker, source, replace=marker.exists())
+      owner = _read_marker(marker)  # two explorers starting at once: the first marker wins
+    elif owner != source and not (results / owner).exists():
+      _write_marker(marker, source, replace=True)
+      owner = source
+    if owner == source: return sid
+  raise UserError(f"too many study files named {Path(study_file).name} share {results / 'runs'}")
+
+
+def _read_marker(marker: Path) -> str | None:
+  try: data = json.loads(marker.read_text())
+  except (OSError, ValueError): return None
+  return data.get("study_file") if isinstance(data, dict) and isinstance(data.get("study_file"), str) else None
+
+
+def _write_marker(marker: Path, source: str, replace: bool) -> None:
+  marker.parent.mkdir(parents=True, exist_ok=True)
+  if replace: write_json_atomic(marker, {"study_file": source})
+  else:  # two explorers starting at once: the first marker wins, the other reads it
+    try: _link_new(marker, json.dumps({"study_file": source}))
+    except FileExistsError: pass
+
+
+# ---------- records ----------
+
+def run_dir(results: Path, suite: str, dataset: str, model: str) -> Path:
+  return Path(results) / "runs" / suite / dataset / model
+
+
+def record_path(results: Path, suite: str, dataset: str, model: str, name: str, config_hash: str) -> Path:
+  return safe_child(run_dir(results, suite, dataset, model), f"{name}.{config_hash}.json")
 
 
 def read_record(path: Path) -> dict | None:
-  try: record = json.loads(path.read_text())
+  """A valid record, or None (missing, unreadable or failing the schema)."""
+  try: data = json.loads(Path(path).read_text())
   except (OSError, ValueError): return None
-  return record if isinstance(record, dict) and all(k in record for k in REQUIRED) else None
+  return data if rec.problem(data) is None else None
+
+
+def find_record(results: Path, suite: str, dataset: str, model: str, name: str, config_hash: str) -> dict | None:
+  """The record of this exact configuration, also from an older explorer's <name>.json."""
+  found = read_record(record_path(results, suite, dataset, model, name, config_hash))
+  if found is not None: return found
+  legacy = read_record(safe_child(run_dir(results, suite, dataset, model), name + LEGACY_SUFFIX))
+  return legacy if legacy is not None and legacy.get("config_hash") == config_hash else None
 
 
 def is_complete(record: dict | None, config_hash: str, finished_since: str | None = None) -> bool:
@@ -129,22 +173,17 @@ def is_complete(record: dict | None, config_hash: str, finished_since: str | Non
 
 
 def load_records(results: Path) -> tuple[list[dict], list[str]]:
-  """Every record under results/runs, plus one warning per file that is not a valid record (it is skipped)."""
+  """Every valid record under results/runs (normalized), plus one warning per file that is skipped, naming it and why."""
   records, warnings = [], []
   for path in sorted(Path(results).glob("runs/*/*/*/*.json")):
-    record = read_record(path)
-    if record is None or record.get("schema") != SCHEMA: warnings.append(f"skipped {path}: not a valid run record")
-    else: records.append(record)
+    try: data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+      warnings.append(f"skipped {path}: not readable JSON ({type(e).__name__})")
+      continue
+    why = rec.problem(data)
+    if why: warnings.append(f"skipped {path}: {why}")
+    else: records.append(rec.normalize(data) | {"_path": str(path)})
   return records, warnings
-
-
-def stale_claims(results: Path) -> list[tuple[Path, dict]]:
-  """Claims left by explorers that died (SIGKILL, power loss): reported at start and cleared when their run is retried."""
-  out = []
-  for path in sorted(Path(results).glob("runs/*/*/*/*.claim")):
-    info = read_claim(path)
-    if info is not None and (not info and time.time() - path.stat().st_mtime >= 60 or info and claim_is_stale(info)): out.append((path, info))
-  return out
 
 
 def save_record(path: Path, record: dict) -> None:
@@ -154,3 +193,123 @@ def save_record(path: Path, record: dict) -> None:
   except OSError as e:
     if e.errno in (errno.ENOSPC, errno.EDQUOT): raise UserError(f"disk full while writing {path}: free space and re-run to resume", 1) from None
     raise UserError(f"cannot write {path}: {e.strerror or e}", 1) from None
+
+
+# ---------- claims ----------
+
+@dataclass
+class Claim:
+  path: Path
+  stale_from: dict | None = None  # the dead claim this one replaced, if any
+
+
+def _boot_id() -> str | None:
+  try: return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+  except OSError: return None
+
+
+def _start_ticks(pid: int) -> int | None:
+  """The process's start time in clock ticks since boot (Linux): with the pid it names one process, even after reuse."""
+  try: stat = Path(f"/proc/{pid}/stat").read_text()
+  except OSError: return None
+  try: return int(stat[stat.rindex(")") + 2:].split()[19])  # field 22; the command name in (...) may hold spaces
+  except (ValueError, IndexError): return None
+
+
+def _pid_alive(pid: int) -> bool:
+  if pid <= 0: return False
+  try: os.kill(pid, 0)
+  except ProcessLookupError: return False
+  except (PermissionError, OverflowError): return True
+  return True
+
+
+def owner_info() -> dict:
+  pid = os.getpid()
+  return {"pid": pid, "host": socket.gethostname(), "boot_id": _boot_id(), "start_ticks": _start_ticks(pid), "time": time.time(),
+          "started_at": now_iso()}
+
+
+def claim_problem(info) -> str | None:
+  """Why a claim's content cannot be trusted (garbage, wrong types): such a claim is stale."""
+  if not isinstance(info, dict): return "not a JSON object"
+  if not isinstance(info.get("pid"), int) or isinstance(info.get("pid"), bool): return "no valid pid"
+  if not isinstance(info.get("host"), str): return "no valid host"
+  if not isinstance(info.get("time"), (int, float)) or isinstance(info.get("time"), bool): return "no valid time"
+  return None
+
+
+def claim_is_stale(info) -> bool:
+  """Stale: garbage, or its process is gone (another boot, a dead pid, or a pid now used by another process). On another
+  host we cannot tell: trusted for 24 hours."""
+  if claim_problem(info): return True
+  if info["host"] != socket.gethostname(): return time.time() - info["time"] > 24 * 3600
+  boot = _boot_id()
+  if info.get("boot_id") and boot and info["boot_id"] != boot: return True
+  pid, ticks = info["pid"], info.get("start_ticks")
+  if not _pid_alive(pid): return True
+  if isinstance(ticks, int) and not isinstance(ticks, bool) and (now := _start_ticks(pid)) is not None: return now != ticks
+  # no start time to compare: our own pid in a claim is an earlier process's (containers reuse pid 1 for each start)
+  return pid == os.getpid()
+
+
+def read_claim(path: Path):
+  """The claim's content (anything JSON can hold; "unreadable" when it is not JSON). FileNotFoundError when there is none."""
+  try: return json.loads(Path(path).read_text())
+  except FileNotFoundError: raise
+  except (OSError, ValueError, UnicodeDecodeError): return "unreadable"
+
+
+def _link_new(path: Path, text: str) -> None:
+  """Create path with this content atomically, failing with FileExistsError if it exists: a reader never sees it half-written."""
+  tmp = temp_for(path)
+  try:
+    tmp.write_text(text)
+    os.link(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def try_claim(folder: Path, stem: str, config_hash: str, warn=None) -> Claim | None:
+  """Atomically claim a run (stem: the record file's name without .json). None when a live explorer holds it. A stale
+  claim is taken over (and reported through warn)."""
+  folder = Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  path = safe_child(folder, stem + ".claim")
+  stale = None
+  for _ in range(5):
+    try:
+      _link_new(path, json.dumps(owner_info() | {"config_hash": config_hash}))
+      return Claim(path, stale)
+    except FileExistsError:
+      try: held = read_claim(path)
+      except FileNotFoundError: continue  # just released: try again
+      if not claim_is_stale(held): return None
+      stale = held if isinstance(held, dict) else {}
+      if warn and (why := claim_problem(held)): warn(f"claim {path} is invalid ({why}): taken over")
+      path.unlink(missing_ok=True)
+  return None
+
+
+def release(claim: Claim) -> None: claim.path.unlink(missing_ok=True)
+
+
+def stale_claims(results: Path) -> list[tuple[Path, dict, str | None]]:
+  """Claims left by explorers that died (SIGKILL, power loss), with the reason when the claim itself is garbage."""
+  out = []
+  for path in sorted(Path(results).glob("runs/*/*/*/*.claim")):
+    try: info = read_claim(path)
+    except FileNotFoundError: continue
+    if claim_is_stale(info): out.append((path, info if isinstance(info, dict) else {}, claim_problem(info)))
+  return out
+
+
+def clear_stale(results: Path) -> list[tuple[Path, dict, str | None]]:
+  """Remove dead explorers' claims and half-written temp files: their runs are trained again (or are already finished)."""
+  stale = stale_claims(results)
+  for path, _, _ in stale: path.unlink(missing_ok=True)
+  remove_orphan_temps(Path(results) / "runs")
+  return stale
+
+
+def config_digest(text: str) -> str: return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -55,7 +55,7 @@ def explorer(args, tmp_path, env=None, data_dir=None, wait=True, suite=TINY_SUIT
 
 
 def records(tmp_path) -> dict[str, dict]:
-  return {p.stem: json.loads(p.read_text()) for p in (tmp_path / "results").glob("runs/*/*/*/*.json")}
+  return {(r := json.loads(p.read_text()))["name"]: r for p in sorted((tmp_path / "results").glob("runs/*/*/*/*.json"))}
 
 
 @pytest.mark.parametrize("args, env, expected", [
@@ -79,7 +79,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, env, expec
   assert r.returncode == 2, r.stderr
   assert expected in r.stderr
   assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
-  assert not list((tmp_path / "results").glob("runs/**/*.json"))
+  assert not list((tmp_path / "results").glob("runs/*/*/*/*.json"))
 
 
 def test_unknown_model_is_exit_2(tmp_path):
@@ -171,7 +171,7 @@ def wait_for(predicate, timeout=180):
 def test_ctrl_c_or_sigterm_keeps_finished_runs_and_marks_the_interrupted_one(tmp_path, data_dir, sig):
   suite = TINY_SUITE.replace('name = "lr-high"\ncategory = "learning_rate"', 'name = "lr-high"\ncategory = "learning_rate"\nsteps = 100000')
   p = explorer(["mlp"], tmp_path, data_dir=data_dir, wait=False, suite=suite)
-  assert wait_for(lambda: len(list((tmp_path / "results").glob("runs/*/*/*/lr-high.claim"))) == 1)
+  assert wait_for(lambda: len(list((tmp_path / "results").glob("runs/*/*/*/lr-high.*.claim"))) == 1)
   time.sleep(1.0)
   p.send_signal(sig)
   out, err = p.communicate(timeout=120)
@@ -255,7 +255,7 @@ def test_sigterm_to_the_main_process_stops_its_workers_too(tmp_path, data_dir):
 def test_sigkill_leaves_a_stale_claim_that_the_next_start_recognises(tmp_path, data_dir):
   suite = TINY_SUITE.replace('name = "baseline"\ncategory = "baseline"', 'name = "baseline"\ncategory = "baseline"\nsteps = 100000')
   p = explorer(["mlp"], tmp_path, data_dir=data_dir, wait=False, suite=suite)
-  assert wait_for(lambda: len(list((tmp_path / "results").glob("runs/*/*/*/baseline.claim"))) == 1)
+  assert wait_for(lambda: len(list((tmp_path / "results").glob("runs/*/*/*/baseline.*.claim"))) == 1)
   p.kill()
   p.communicate()
   assert not records(tmp_path), "no half-written record"

@@ -64,16 +64,23 @@ def suite_records():
     for b in GRID_BATCHES:
       name = f"grid-lr_max={lr:g}-batch={b}"
       recs.append(make_record(name, name, "grid", grid_acc(lr, b), axes={"lr_max": lr, "batch": b}, lr_max=lr, batch=b,
-                              steps=50, capped_from=1000))
+                              steps=50))
   recs += repeats("cnn-base", "baseline", [0.985, 0.987], model="cnn", train_s=10.0)
   recs.append(make_record("quick", "quick", "baseline", 0.85, suite="quick", dataset="fashion"))
+  # a quick pass of two configurations (same names as full-length runs, capped steps): reported apart, never mixed in
+  recs += [make_record("baseline-r0", "baseline", "baseline", 0.61, steps=3, capped_from=100, order=90),
+           make_record("fast-r0", "fast", "clear", 0.62, steps=3, capped_from=100, order=91)]
+  # an earlier configuration of slow-r0 (another config hash, finished before): listed, not in the tables
+  old = make_record("slow-r0", "slow", "clear", 0.5, lr_max=0.5, order=92, train_s=8.0)
+  old["finished_at"] = "2026-11-22T11:00:00+00:00"
+  recs.append(old)
   for i, r in enumerate(recs): r["started_at"] = f"2026-11-23T10:{i // 60:02d}:{i % 60:02d}+00:00"
   return recs
 
 
 def write_records(results: Path, recs):
   for r in recs:
-    path = results / "runs" / r["suite"] / r["dataset"] / r["model"] / f"{r['name']}.json"
+    path = results / "runs" / r["suite"] / r["dataset"] / r["model"] / f"{r['name']}.{r['config_hash']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(r))
 
@@ -184,7 +191,8 @@ def test_csv(built):
   results, recs, _, _ = built
   with open(results / "mlp.csv", newline="") as f: rows = list(csv.DictReader(f))
   mlp = [r for r in recs if r["suite"] == "experiments" and r["model"] == "mlp"]
-  assert len(rows) == len(mlp)
+  assert len(rows) == len(mlp) - 3, "the two quick passes have their own CSV, the earlier configuration none"
+  with open(results / "mlp-quick.csv", newline="") as f: assert len(list(csv.DictReader(f))) == 2
   for key in CONFIG: assert key in rows[0]
   for key in ("test_acc", "final_val_acc", "status", "train_s", "ms_per_step", "group", "category"): assert key in rows[0]
   row = next(r for r in rows if r["name"] == "baseline-r1")
@@ -211,17 +219,36 @@ def test_unfinished_runs_listed_and_excluded(built):
   assert "`lr-huge` — failed" in unfinished and "RuntimeError: out of memory" in unfinished
 
 
-def test_capped_note_index_and_comparison(built):
+def test_quick_passes_are_reported_apart_and_never_replace_full_runs(built):
   results, _, paths, _ = built
   md = (results / "mlp.md").read_text()
-  assert "steps capped from 1000 to 50 for a quick pass (6 runs" in md
-  assert "capped" not in (results / "cnn.md").read_text()
+  assert "capped" not in md and "0.61" not in md and "61.00" not in md, "no quick-pass number in the full report"
+  assert "97.20 ± 0.20 (n=3)" in section(md, "Category: baseline"), "the full-length baseline is still the one shown"
+  assert "[mlp-quick.md](mlp-quick.md)" in md
+  quick = (results / "mlp-quick.md").read_text()
+  assert quick.startswith("# MLP on mnist — suite `experiments` — quick passes") and "**Quick passes (--max-steps):**" in quick
+  assert "steps capped from 100 to 3 for a quick pass (2 runs" in quick and "61.00" in quick
+  assert "grid" not in quick and (results / "plots" / "mlp-quick" / "baseline-r0.png").read_bytes()[:8] == PNG
+  assert "capped" not in (results / "cnn.md").read_text() and not (results / "cnn-quick.md").exists()
+  index = (results / "index.md").read_text()
+  assert "[MLP · quick passes (steps capped, not comparable)](mlp-quick.md)" in index
+
+
+def test_an_earlier_configuration_of_a_run_is_listed_not_mixed_in(built):
+  md = (built[0] / "mlp.md").read_text()
+  assert "90.05 ± 0.07 (n=2)" in section(md, "Category: clear"), "slow's mean is over its current records only"
+  earlier = section(md, "Earlier configurations of these runs")
+  assert "`slow-r0`" in earlier and "lr_max=0.5" in earlier and "50.00" in earlier
+
+
+def test_index_and_comparison(built):
+  results, _, paths, _ = built
   index = (results / "index.md").read_text()
   for link in ("(mlp.md)", "(cnn.md)", "(comparison.md)", "(quick-fashion/mlp.md)"): assert link in index
   assert "98.40 ± 0.14 (n=2)" in index  # the CNN's best test accuracy
   comparison = (results / "comparison.md").read_text()
   assert "| MLP" in comparison and "| CNN" in comparison and "669706" in comparison
-  assert "[comparison.md](comparison.md)" in md
+  assert "[comparison.md](comparison.md)" in (results / "mlp.md").read_text()
   assert not (results / "quick-fashion" / "comparison.md").exists()
   assert (results / "quick-fashion" / "mlp.md").read_text().startswith("# MLP on fashion — suite `quick`")
   assert "**Target**" not in (results / "quick-fashion" / "mlp.md").read_text(), "the 95 % target is MNIST's, not Fashion-MNIST's"
@@ -302,4 +329,4 @@ def test_a_report_that_cannot_be_written_is_one_line_and_the_runs_stay(tmp_path,
   rebuild_reports(tmp_path, console, "experiments", [])
   text = console.export_text()
   assert "report failed (ModuleNotFoundError" in text and "runs are safe" in text and "mnist_explorer.py report" in text
-  assert (tmp_path / "runs" / "experiments" / "mnist" / "mlp" / "a.json").exists()
+  assert list((tmp_path / "runs" / "experiments" / "mnist" / "mlp").glob("a.*.json"))
