@@ -130,6 +130,20 @@ def _check_int(label: str, v) -> int:
   if isinstance(v, bool) or not isinstance(v, (int, np.integer)): raise UserError(f"{label} must be a whole number, got {v!r}")
   return int(v)
 
+# the first 32 training labels of the published files: recognises either dataset by content, whatever the files are
+# called, gzipped or not, wherever they were found
+LABEL_PREFIX = {"mnist": "50419213143536172869409112432738", "fashion": "90030272550955791064314843024453"}
+TITLES = {"mnist": "MNIST", "fashion": "Fashion-MNIST"}
+
+
+def check_content(name: str, y_train: np.ndarray, source: str) -> None:
+  head = "".join(str(int(v)) for v in y_train[:32])
+  for other, prefix in LABEL_PREFIX.items():
+    if other != name and head == prefix:
+      raise UserError(f"the files in {source} are {TITLES[other]} (recognised by their labels), but the dataset is {name}: "
+                      f"use --dataset {other}, or point --data-dir/DATA_DIR at the {TITLES[name]} files")
+
+
 def _check_not_other_dataset(name: str, labels: Path) -> None:
   """A folder named for one dataset but used for the other would train silently on the wrong images: compare the
   (small) training-labels file with the published files of the other dataset."""
@@ -168,9 +182,14 @@ def load_dataset(name: str, data_dir: str | Path | None = None, val_size: int = 
       except (OSError, http.client.HTTPException) as e:  # URLError, timeouts and disk errors are all OSError
         raise UserError(_not_found(name, searched, f"download failed ({_one_line(e)})")) from None
   x_train, y_train = _read_pair(paths[TRAIN_IMAGES], paths[TRAIN_LABELS])
+  check_content(name, y_train, source)
   x_test, y_test = _read_pair(paths[TEST_IMAGES], paths[TEST_LABELS])
   n = len(x_train)
-  if not 0 <= val_size < n: raise UserError(f"val_size must be 0..{n - 1} ({paths[TRAIN_IMAGES]} has {n} images), got {val_size}")
+  if val_size < 0: raise UserError(f"val_size must be >= 0, got {val_size}")
+  if n <= val_size:
+    raise UserError(f"{paths[TRAIN_IMAGES]} has {n} training images: at least {val_size + 1} are needed (the last {val_size} "
+                    "are held out for validation)")
+  if len(x_test) == 0: raise UserError(f"{paths[TEST_IMAGES]} holds no test images: the test set cannot be empty")
   limit = n - val_size  # validation = the last val_size training images, never trained on
   if train_size is not None and not 1 <= train_size <= limit:
     raise UserError(f"train_size must be 1..{limit} ({n} training images minus val_size {val_size}), got {train_size}")
