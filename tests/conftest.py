@@ -3,7 +3,7 @@ import os
 from pathlib import Path
 import numpy as np
 import pytest
-from explorer.data import Dataset, load_dataset
+from explorer.data import Dataset, load_dataset, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("MNIST_DATA_DIR", ROOT.parent / "shared" / "data" / "mnist"))
@@ -32,3 +32,15 @@ def mnist() -> Dataset:
   if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
     pytest.skip(f"real MNIST not found in {MNIST_DIR} (set MNIST_DATA_DIR); CI provides it in ../shared/data/mnist")
   return load_dataset("mnist", MNIST_DIR)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+  """Four small IDX files (10,500 train images so the 10,000-image validation split leaves 500 to train on)."""
+  folder = tmp_path_factory.mktemp("idx")
+  x, y = make_digits(10_500, 0)
+  xt, yt = make_digits(300, 1)
+  for name, arr, kind in (("train-images-idx3-ubyte.gz", x, "images"), ("train-labels-idx1-ubyte.gz", y, "labels"),
+                          ("t10k-images-idx3-ubyte.gz", xt, "images"), ("t10k-labels-idx1-ubyte.gz", yt, "labels")):
+    write_idx(folder / name, arr, kind)
+  return folder

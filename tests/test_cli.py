@@ -3,8 +3,6 @@ one-off env runs, report regeneration, Ctrl-C and SIGKILL, two explorers on one 
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
-from explorer.data import write_idx
-from tests.conftest import make_digits
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SUITE = """
@@ -30,18 +28,6 @@ name = "batch-8"
 category = "batch_size"
 batch = 8
 """
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory) -> Path:
-  """Four small IDX files (10,500 train images so the 10,000-image validation split leaves 500 to train on)."""
-  folder = tmp_path_factory.mktemp("idx")
-  x, y = make_digits(10_500, 0)
-  xt, yt = make_digits(300, 1)
-  for name, arr, kind in (("train-images-idx3-ubyte.gz", x, "images"), ("train-labels-idx1-ubyte.gz", y, "labels"),
-                          ("t10k-images-idx3-ubyte.gz", xt, "images"), ("t10k-labels-idx1-ubyte.gz", yt, "labels")):
-    write_idx(folder / name, arr, kind)
-  return folder
 
 
 def explorer(args, tmp_path, env=None, data_dir=None, wait=True, suite=TINY_SUITE):

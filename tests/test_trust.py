@@ -2,12 +2,11 @@
 lie, checks before training, signals while waiting for helpers, and a chaos test of kills and resumes."""
 import json, os, random, shutil, signal, socket, subprocess, sys, time
 from pathlib import Path
-import numpy as np
 import pytest
 from explorer import store
 from explorer.data import write_idx
 from tests.conftest import make_digits
-from tests.test_cli import ROOT, TINY_SUITE, data_dir, explorer, wait_for  # noqa: F401 (data_dir is a fixture)
+from tests.test_cli import ROOT, TINY_SUITE, explorer, wait_for
 
 
 def all_records(results: Path) -> list[dict]:
