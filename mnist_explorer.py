@@ -27,7 +27,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
            "Exit codes: 0 done, 1 some runs failed, 2 bad input (nothing trained), 130 interrupted (re-run to resume).")
   p.add_argument("model", choices=[*MODELS, "all", "report"], help="which suite to run, or 'report' to rebuild reports only")
   p.add_argument("--category", action="append", default=[], metavar="NAME", help="run only this category (repeatable)")
-  p.add_argument("--max-steps", type=int, metavar="N", help="cap every configuration's steps at N (a quick pass; reports say so)")
+  p.add_argument("--max-steps", type=int, metavar="N", help="cap every configuration's steps at N (a quick pass: stored and reported apart, never replacing full-length runs)")
   p.add_argument("--config", default=os.environ.get("EXPERIMENTS", str(ROOT / "experiments.toml")), metavar="FILE",
                  help="experiments file (env EXPERIMENTS; default experiments.toml)")
   p.add_argument("--results", default=os.environ.get("RESULTS_DIR", "results"), metavar="DIR", help="results folder (env RESULTS_DIR)")

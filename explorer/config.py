@@ -438,9 +438,10 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
 def one_off_spec(doc: dict, model: str, path: str | Path, overrides: dict[str, Any]) -> RunSpec:
   """STEPS=... BATCH=... python mnist_explorer.py mlp: the model's baseline with the env overrides, one run."""
   where = f"env ({', '.join(k.upper() for k in overrides)})"
-  section = doc.get(model, {}) if isinstance(doc.get(model, {}), dict) else {}
+  section = _table(doc.get(model, {}), f"{path} [{model}]")
   defaults = _table(section.get("defaults", {}), f"{path} [{model}.defaults]")
-  base = next((r for r in section.get("runs", []) if isinstance(r, dict) and r.get("category") == "baseline"), {})
+  runs = _list_of_tables(section.get("runs", []), f"{path} [[{model}.runs]]")
+  base = next((r for r in runs if r.get("category") == "baseline"), {})
   values = {**defaults, **{k: v for k, v in base.items() if k not in RUN_META}}
   for k, v in overrides.items():
     key = canonical_key(k, where, model)

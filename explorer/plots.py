@@ -25,6 +25,16 @@ def safe_path(root: Path, *parts: str) -> Path:
   return path
 
 
+def is_complete_png(path: Path) -> bool:
+  """A whole PNG file: its signature at the start and the IEND chunk at the end."""
+  try:
+    with open(path, "rb") as f:
+      head = f.read(8)
+      f.seek(-12, 2)
+      return head == b"\x89PNG\r\n\x1a\n" and f.read(12)[4:8] == b"IEND"
+  except OSError: return False
+
+
 def _save(fig: Figure, path: Path) -> Path:
   # atomic (temp file + rename): a stop while drawing never leaves a truncated PNG that a report links to
   write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))

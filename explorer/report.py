@@ -321,7 +321,7 @@ class Plotter:
     rel = f"plots/{self.model}/{filename}"
     try:
       path = plots.safe_path(self.folder, "plots", self.model, filename)
-      if not self.redraw and path.exists(): return rel
+      if not self.redraw and plots.is_complete_png(path): return rel  # (a truncated one from an older version: drawn again)
       self.written.append(draw(path))
       return rel
     except Exception as e:  # one bad history must not cost the whole report

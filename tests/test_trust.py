@@ -303,3 +303,20 @@ def test_chaos_kills_at_random_moments_then_resume_leaves_one_clean_record_each(
   for r in recs: assert f"`{r['name']}`" in md and f"{100 * r['metrics']['test_acc']:.2f}" in md
   for png in results.rglob("*.png"): assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.read_bytes()[-8:-4] == b"IEND"
   assert signal.SIGKILL in kills and signal.SIGTERM in kills
+
+
+def test_a_one_off_from_an_oddly_shaped_study_file_is_one_line(tmp_path, data_dir):
+  for suite in ("[mlp]\nruns = 5\n", "mlp = 3\n", "[mlp]\ndefaults = [1]\n", '[[mlp.runs]]\nname = "b"\ncategory = "baseline"\nsteps = "x"\n'):
+    r = explorer(["mlp"], tmp_path, data_dir=data_dir, env={"STEPS": "3"}, suite=suite)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, suite + r.stderr
+
+
+def test_a_truncated_figure_left_by_an_older_version_is_drawn_again(tmp_path, data_dir):
+  assert explorer(["mlp", "--category", "baseline"], tmp_path, data_dir=data_dir).returncode == 0
+  png = tmp_path / "results" / "exp-mnist" / "plots" / "mlp" / "baseline.png"
+  png.write_bytes(png.read_bytes()[:200])
+  from explorer.plots import is_complete_png
+  from explorer.report import write_reports
+  assert not is_complete_png(png)
+  write_reports(tmp_path / "results", redraw=set())  # keep the figures that exist...
+  assert is_complete_png(png), "...but not a truncated one"
