@@ -306,7 +306,7 @@ def test_chaos_kills_at_random_moments_then_resume_leaves_one_clean_record_each(
 
 
 def test_a_one_off_from_an_oddly_shaped_study_file_is_one_line(tmp_path, data_dir):
-  for suite in ("[mlp]\nruns = 5\n", "mlp = 3\n", "[mlp]\ndefaults = [1]\n", '[[mlp.runs]]\nname = "b"\ncategory = "baseline"\nsteps = "x"\n'):
+  for suite in ("[mlp]\nruns = 5\n", "mlp = 3\n", "[mlp]\ndefaults = [1]\n", '[[mlp.runs]]\nname = "b"\ncategory = "baseline"\nwidth = "x"\n'):
     r = explorer(["mlp"], tmp_path, data_dir=data_dir, env={"STEPS": "3"}, suite=suite)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, suite + r.stderr
 
