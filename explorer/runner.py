@@ -10,6 +10,7 @@ from explorer.config import RunSpec, describe
 from explorer.data import load_dataset
 from explorer.errors import UserError
 from explorer import store
+from explorer.text import plural
 
 
 def make_record(spec: RunSpec, suite: str, result: dict | None, status: str, error: str | None, started_at: str, beam: int = 0,
@@ -43,27 +44,46 @@ CODE_VERSION = code_version()
 def _pct(x) -> str: return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
 
+def heading(console: Console, text: str) -> None:
+  """A rule across a terminal; in a log (no terminal, where the console is wide so tables are never cut) a short one."""
+  if console.is_terminal: console.rule(text)
+  else: console.print(f"── {text} ──")
+
+
+def result_line(record: dict) -> str:
+  """One run's outcome. val: the final validation accuracy (the one the tables and reports use), then the best one seen."""
+  m, status = record["metrics"], record["status"]
+  colour = {"done": "green", "diverged": "yellow"}.get(status, "red")
+  best = f" (best {_pct(m.get('best_val_acc'))} at step {m.get('best_val_step')})" if m.get("best_val_acc") is not None else ""
+  search = " incl. BEAM search" if record.get("beam") else ""
+  return (f"[{colour}]{status}[/] final val {_pct(m.get('final_val_acc'))}{best} · test {_pct(m.get('test_acc'))} · "
+          f"{record['ms_per_step'] or 0:.1f} ms/step · training {record['train_s'] or 0:.1f}s · "
+          f"compile{search} {record['compile_s'] or 0:.1f}s · {record['wall_s'] or 0:.1f}s in all")
+
+
 def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | None, rerun_since: str | None, device: str,
-              console: Console, summary: bool = True, beam: int = 0, threads: int = 1, rebuild: bool = True) -> int:
+              console: Console, summary: bool = True, beam: int = 0, threads: int = 1, rebuild: bool = True, verbose: bool = False) -> int:
   """rerun_since: with --rerun, the start time of the command: only records finished after it count as done (so the
-  worker processes of one --rerun command still share the work)."""
+  worker processes of one --rerun command still share the work). verbose: print each run's whole configuration."""
+  started_at_iso = store.now_iso()  # records finished after this were trained by another process during this command
   from explorer.train import Trainer  # imports tinygrad: only once the inputs are known to be good
   for path, info in store.stale_claims(results):
     console.print(f"[yellow]stale claim[/] {path.name}: its explorer (pid {info.get('pid', '?')}) died; the run will be trained again")
   datasets = {name: load_dataset(name, data_dir) for name in sorted({s.config.dataset for s in specs})}
   for name, ds in datasets.items(): console.print(f"data: {name} from {ds.source} ({len(ds.x_train)} train, {len(ds.x_val)} val, {len(ds.x_test)} test)")
-  console.print(f"device: {device} · tinygrad {version('tinygrad')} · {len(specs)} runs · results in {results}/")
+  console.print(f"device: {device} · tinygrad {version('tinygrad')} · {plural(len(specs), 'run')} · results in {results}/")
   trainer = Trainer(beam=beam, threads=threads)
   if trainer.threads > 1: console.print(f"CPU kernels run on {trainer.threads} threads (--threads)")
   if beam: console.print(f"BEAM={beam} kernel search for the compiled steps (cached on disk after the first run of a shape)")
-  finished, skipped, failed, busy = [], 0, 0, 0
+  finished, skipped, by_others, failed, busy = [], 0, 0, 0, 0
   started_wall = time.perf_counter()
   try:
     for i, spec in enumerate(specs, 1):
       cfg = spec.config
       path = store.record_path(results, suite, cfg.dataset, cfg.model, spec.name)
-      if store.is_complete(store.read_record(path), cfg.hash(), rerun_since):
-        skipped += 1
+      if store.is_complete(record := store.read_record(path), cfg.hash(), rerun_since):
+        if str(record.get("finished_at", "")) >= started_at_iso: by_others += 1
+        else: skipped += 1
         continue
       claim = store.try_claim(path.parent, spec.name, cfg.hash())
       if claim is None:
@@ -73,12 +93,13 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
       try:
         # the other explorer may have finished it between our check and our claim
         if store.is_complete(store.read_record(path), cfg.hash(), rerun_since):
-          skipped += 1
+          by_others += 1
           continue
-        console.rule(f"[{i}/{len(specs)}] {cfg.model} · {spec.category} · {spec.name}")
+        heading(console, f"[{i}/{len(specs)}] {cfg.model} · {spec.category} · {spec.name}")
         if spec.description: console.print(spec.description)
         capped = f" (steps capped from {spec.capped_from} by --max-steps)" if spec.capped_from else ""
-        console.print(describe(cfg) + capped, style="dim", markup=False, soft_wrap=True)
+        changed = "" if verbose else " (the other keys: defaults; -v shows all)"
+        console.print(describe(cfg, changed_only=not verbose) + capped + changed, style="dim", markup=False, soft_wrap=True)
         started_at = store.now_iso()
         data = datasets[cfg.dataset]
         try:
@@ -97,24 +118,30 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
         store.save_record(path, record)
         finished.append(record)
         failed += status == "failed"
-        m = record["metrics"]
-        colour = {"done": "green", "diverged": "yellow"}.get(status, "red")
-        console.print(f"[{colour}]{status}[/] val {_pct(m.get('best_val_acc'))} (best) · test {_pct(m.get('test_acc'))} · "
-                      f"{record['ms_per_step'] or 0:.1f} ms/step · compile {record['compile_s'] or 0:.1f}s · {record['wall_s'] or 0:.1f}s")
+        console.print(result_line(record))
       finally:
         store.release(claim)
   except KeyboardInterrupt:
     if rebuild: rebuild_reports(results, console, suite, specs)
-    console.print(f"[red]interrupted[/] after {len(finished)} finished runs (kept in {results}/runs)")
+    console.print(f"[red]interrupted[/] after {plural(len(finished), 'finished run')} (kept in {results}/runs)")
     raise
   if rebuild: rebuild_reports(results, console, suite, specs)
-  console.print(f"{len(finished)} trained, {skipped} already finished (skipped; --rerun to train again)"
-                + (f", {busy} held by another explorer" if busy else "") + f" · {time.perf_counter() - started_wall:.1f}s")
+  console.print(closing_line(len(finished), by_others, skipped, busy) + f" · {time.perf_counter() - started_wall:.1f}s")
   if finished and summary:
     from explorer.report import summary_table
     console.print(summary_table(finished))
-  if failed: console.print(f"[red]{failed} runs failed[/]: see their records and the report")
+  if failed: console.print(f"[red]{plural(failed, 'run')} failed[/]: see their records and the report")
   return 1 if failed else 0
+
+
+def closing_line(trained: int, by_others: int, skipped: int, busy: int) -> str:
+  """What happened to every planned run: trained here, by another process of this command (--workers helpers, or a
+  second explorer), already finished before it started (skipped), or still held by another explorer."""
+  parts = [f"{trained} trained here" if by_others or busy else f"{trained} trained"]
+  if by_others: parts.append(f"{by_others} trained meanwhile by another explorer process (e.g. a --workers helper)")
+  if skipped: parts.append(f"{skipped} already finished before (skipped; --rerun to train again)")
+  if busy: parts.append(f"{busy} still held by another explorer")
+  return ", ".join(parts)
 
 
 WORKER_ENV = "MNIST_EXPLORER_WORKER"
@@ -132,7 +159,7 @@ def run_with_workers(argv: list[str], workers: int, specs: list[RunSpec], suite:
     env = {**os.environ, WORKER_ENV: str(i), "MNIST_EXPLORER_RERUN_SINCE": suite_args["rerun_since"] or ""}
     children.append((subprocess.Popen([sys.executable, str(Path(__file__).resolve().parents[1] / "mnist_explorer.py"), *argv,
                                        "--workers", "1", "--threads", str(suite_args["threads"])], env=env, stdout=log, stderr=subprocess.STDOUT), log))
-  console.print(f"{workers - 1} helper process(es) started; their output: {log_dir}/worker-*.log")
+  console.print(f"{plural(workers - 1, 'helper process', 'helper processes')} started; their output: {log_dir}/worker-*.log")
   try:
     code = run_suite(specs, suite, results, console=console, summary=False, rebuild=False, **suite_args)  # rebuilt once, below
   except KeyboardInterrupt:  # Ctrl-C reaches the whole process group, a SIGTERM only this process: pass it on
@@ -162,7 +189,19 @@ def train_with_progress(trainer, spec: RunSpec, data, console: Console) -> dict:
     def progress(p: dict) -> None:
       bar.update(task, completed=p["step"], lr=f"{p['lr']:.2e}", loss=f"{p['loss']:.4f}", val=_pct(p["val_acc"]))
 
-    return trainer.run(cfg, data, progress)
+    def compiling(step: str, seconds: float | None) -> None:
+      # the first calls of a compiled step compile (with --beam: search) its kernels: say so, a search takes minutes
+      what = f"kernel search (BEAM={trainer.beam}) and compile" if trainer.beam else "compiling"
+      if seconds is None:
+        bar.update(task, description=f"{spec.name}: {what} of the {step}")
+        if trainer.beam: console.print(f"[dim]{what} of the {step}: minutes for a new shape, seconds once tinygrad's cache has it…[/]")
+      else:
+        bar.update(task, description=spec.name)
+        if trainer.beam: console.print(f"[dim]{step}: {what} took {seconds:.1f}s (not counted as training time)[/]")
+
+    trainer.on_compile = compiling
+    try: return trainer.run(cfg, data, progress)
+    finally: trainer.on_compile = None
 
 
 def rebuild_reports(results: Path, console: Console, suite: str, specs: list[RunSpec]) -> None:
