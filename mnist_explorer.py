@@ -157,8 +157,8 @@ def report(results: Path, console, verbose: bool = False) -> int:
   if verbose:
     for path in written: console.print(f"wrote {path}")
   pngs = sum(p.suffix == ".png" for p in written)
-  reports = sorted({p.parent for p in written if p.suffix == ".md"})
-  console.print(f"{plural(len(records), 'run')} in {plural(len(reports), 'report folder')}: {plural(len(written) - pngs, 'markdown/CSV file')} "
+  reports = [p for p in written if p.suffix == ".md" and p.name not in ("index.md", "comparison.md")]  # one per suite, dataset, model
+  console.print(f"{plural(len(records), 'run')} in {plural(len(reports), 'report')}: {plural(len(written) - pngs, 'markdown/CSV file')} "
                 f"written, {plural(pngs, 'figure')} redrawn, {plural(len(kept), 'figure')} unchanged (their runs did not change)"
                 + ("" if verbose else "; -v lists the files") + f"\nindex: {results / 'index.md'}")
   return 0
