@@ -97,8 +97,8 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
           continue
         heading(console, f"[{i}/{len(specs)}] {cfg.model} · {spec.category} · {spec.name}")
         if spec.description: console.print(spec.description)
-        capped = f" (steps capped from {spec.capped_from} by --max-steps)" if spec.capped_from else ""
-        changed = "" if verbose else " (the other keys: defaults; -v shows all)"
+        capped = f" · steps capped from {spec.capped_from} by --max-steps" if spec.capped_from else ""
+        changed = "" if verbose else " · the other keys at their defaults (-v shows all)"
         console.print(describe(cfg, changed_only=not verbose) + capped + changed, style="dim", markup=False, soft_wrap=True)
         started_at = store.now_iso()
         data = datasets[cfg.dataset]
@@ -191,13 +191,13 @@ def train_with_progress(trainer, spec: RunSpec, data, console: Console) -> dict:
 
     def compiling(step: str, seconds: float | None) -> None:
       # the first calls of a compiled step compile (with --beam: search) its kernels: say so, a search takes minutes
-      what = f"kernel search (BEAM={trainer.beam}) and compile" if trainer.beam else "compiling"
       if seconds is None:
-        bar.update(task, description=f"{spec.name}: {what} of the {step}")
-        if trainer.beam: console.print(f"[dim]{what} of the {step}: minutes for a new shape, seconds once tinygrad's cache has it…[/]")
+        what = f"kernel search (BEAM={trainer.beam}) for the {step}" if trainer.beam else f"compiling the {step}"
+        bar.update(task, description=f"{spec.name}: {what}")
+        if trainer.beam: console.print(f"[dim]{what}: minutes for a new shape, seconds once tinygrad's cache has it…[/]")
       else:
         bar.update(task, description=spec.name)
-        if trainer.beam: console.print(f"[dim]{step}: {what} took {seconds:.1f}s (not counted as training time)[/]")
+        if trainer.beam: console.print(f"[dim]{step}: kernel search and compile took {seconds:.1f}s (not counted as training time)[/]")
 
     trainer.on_compile = compiling
     try: return trainer.run(cfg, data, progress)

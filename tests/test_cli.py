@@ -120,7 +120,7 @@ def test_suite_resume_rerun_and_report(tmp_path, data_dir):
   recs = records(tmp_path)
   assert set(recs) == {"baseline", "lr-high", "lr-low", "batch-8"}
   assert all(rec["status"] == "done" and rec["metrics"]["test_acc"] is not None for rec in recs.values())
-  assert "steps=6 batch=16 width=16 eval_every=3 (the other keys: defaults; -v shows all)" in r.stdout, \
+  assert "steps=6 batch=16 width=16 eval_every=3 · the other keys at their defaults (-v shows all)" in r.stdout, \
     "what differs from the defaults is printed before training"
   assert "done final val" in r.stdout and "(best " in r.stdout and "already finished" not in r.stdout
   md = (tmp_path / "results" / "exp-mnist" / "mlp.md").read_text()
@@ -328,7 +328,7 @@ def test_a_log_keeps_whole_names_and_the_report_command_is_short(tmp_path, data_
   row = next(line for line in r.stdout.splitlines() if "a-rather-long-configuration-name-for-the-logs" in line and "│" in line)
   assert "a_long_category_name_as_well" in row and "done" in row, row
   assert "· 1 run ·" in r.stdout and "1 runs" not in r.stdout
-  assert "nesterov=False" in r.stdout and "(the other keys: defaults" not in r.stdout, "-v: the whole configuration"
+  assert "nesterov=False" in r.stdout and "the other keys at their defaults" not in r.stdout, "-v: the whole configuration"
   first = explorer(["report"], tmp_path)
   assert first.returncode == 0, first.stderr
   assert "1 run in 1 report:" in first.stdout and "wrote" not in first.stdout and len(first.stdout.splitlines()) <= 3
