@@ -72,3 +72,25 @@ def test_the_product_never_imports_torch():
           "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\nprint('ok')")
   r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert r.stdout.strip() == "ok", r.stdout + r.stderr
+
+
+def test_a_kernel_search_is_announced_while_it_runs():
+  """With --beam, the first call of a compiled step searches for minutes: the terminal says so before and after (a
+  fake trainer stands in for the search here)."""
+  from types import SimpleNamespace
+  from explorer.runner import train_with_progress
+  console = Console(width=250, record=True, force_terminal=False)
+  seen = []
+  class FakeTrainer:
+    beam, on_compile = 2, None
+    def run(self, cfg, data, progress):
+      self.on_compile("train step", None)
+      seen.append(console.export_text(clear=False))
+      self.on_compile("train step", 61.5)
+      return {"status": "done"}
+  trainer = FakeTrainer()
+  spec = SimpleNamespace(name="lr-2e-3", config=make_config("mlp", {"steps": 5}, "t"))
+  assert train_with_progress(trainer, spec, None, console) == {"status": "done"}
+  assert "kernel search (BEAM=2) for the train step: minutes for a new shape" in seen[0], "said before the search ends"
+  assert "train step: kernel search and compile took 61.5s (not counted as training time)" in console.export_text()
+  assert trainer.on_compile is None, "the callback does not outlive the run"
