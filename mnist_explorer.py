@@ -18,12 +18,14 @@ ROOT = Path(__file__).resolve().parent
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-  keys = "\n".join(f"  {k.name.upper():12s} {k.help}" + (f" ({', '.join(k.choices)})" if k.choices else "") for k in KEYS)
+  # DATASET is not among them: it picks the dataset of the whole suite, like --dataset
+  keys = "\n".join(f"  {k.name.upper():12s} {k.help}" + (f" ({', '.join(k.choices)})" if k.choices else "") for k in KEYS if k.name != "dataset")
   p = argparse.ArgumentParser(
     prog="mnist_explorer.py", formatter_class=argparse.RawDescriptionHelpFormatter,
     description="Train every configuration of an experiments file with tinygrad and write markdown tables and loss curves.",
     epilog=f"Hyperparameter env vars (setting any of them runs ONE configuration: the model's baseline with them):\n{keys}\n"
-           "  aliases: BS=BATCH, LR=LR_MAX\n\ntinygrad's own variables keep their meaning: JIT=1, DEV=CPU|CUDA|METAL, BEAM=2, DEBUG=2.\n"
+           "  aliases: BS=BATCH, LR=LR_MAX\n\nDATASET=mnist|fashion runs the whole suite on that dataset (like --dataset), not a one-off.\n"
+           "tinygrad's own variables keep their meaning: JIT=1, DEV=CPU|CUDA|METAL, BEAM=2, DEBUG=2.\n"
            "Exit codes: 0 done, 1 some runs failed, 2 bad input (nothing trained), 130 interrupted (re-run to resume).")
   p.add_argument("model", choices=[*MODELS, "all", "report"], help="which suite to run, or 'report' to rebuild reports only")
   p.add_argument("--category", action="append", default=[], metavar="NAME", help="run only this category (repeatable)")
@@ -44,6 +46,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                  help="CPU threads per explorer process for tinygrad's kernels (default: the cores divided by --workers, "
                       "at most tinygrad's NUM_CPU_THREADS split); 1 is tinygrad's own one-thread execution")
   p.add_argument("--list", action="store_true", help="print the resolved runs and exit without training")
+  p.add_argument("-v", "--verbose", action="store_true",
+                 help="print each run's whole configuration (default: only the keys that differ from the defaults); "
+                      "with report: every file written")
   try:
     return p.parse_args(argv)
   except SystemExit as e:
@@ -154,14 +159,16 @@ def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
   from rich.console import Console
-  console = Console(stderr=False, highlight=False)
+  # in a log or a pipe (no terminal) rich would assume 80 columns and cut names in tables: lines there may be long
+  console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 250)
   results = Path(args.results)
   if args.model == "report":
-    return report(results, console)
+    return report(results, console, args.verbose)
   specs = plan(args)
   if not specs: raise UserError(f"{args.config}: no runs to train (the selected sections define none)")
   if args.list:
-    for s in specs: console.print(f"{s.config.model} {s.category:16s} {s.name:28s} {describe(s.config)}", markup=False, soft_wrap=True)
+    for s in specs: console.print(f"{s.config.model} {s.category:16s} {s.name:28s} {describe(s.config, changed_only=not args.verbose)}",
+                                  markup=False, soft_wrap=True)
     return 0
   check_tinygrad_env()
   device = check_backend()
@@ -172,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
   # --rerun: records finished before this command started do not count (helper processes get the same start time)
   rerun_since = (os.environ.get("MNIST_EXPLORER_RERUN_SINCE") or now_iso()) if args.rerun else None
   suite_args = dict(suite=study_id(results, args.config), results=results, datasets=datasets, rerun_since=rerun_since, device=device,
-                    beam=args.beam, threads=threads_per_process(args), study_file=str(Path(args.config).resolve()))
+                    beam=args.beam, threads=threads_per_process(args), study_file=str(Path(args.config).resolve()), verbose=args.verbose)
   if args.workers > 1 or os.environ.get(WORKER_ENV):
     # longest runs first (by images to process), so the processes finish together instead of one waiting on the last long run
     specs = sorted(specs, key=lambda s: -s.config.steps * s.config.batch * (4 if s.config.model == "cnn" else 1))
@@ -180,17 +187,27 @@ def main(argv: list[str] | None = None) -> int:
   return run_suite(specs, console=console, **suite_args)
 
 
-def report(results: Path, console) -> int:
+def report(results: Path, console, verbose: bool = False) -> int:
+  """Rebuild every report: markdown and CSV each time (quick), figures only where their runs (or the plot code) changed."""
   from rich.markup import escape
+  from explorer import stop
   from explorer.report import write_reports
   from explorer.store import check_results_folder, load_records
+  from explorer.text import plural
   if not (results / "runs").is_dir(): raise UserError(f"no run records under {results}/runs: train something first (python mnist_explorer.py mlp)")
   check_results_folder(results)
   records, warnings = load_records(results)
   if not records and not warnings: raise UserError(f"no run records under {results}/runs: train something first (python mnist_explorer.py mlp)")
-  for path in write_reports(results, warn=lambda m: console.print(f"[yellow]warning:[/] {escape(m)}")): console.print(f"wrote {escape(str(path))}")
-  from explorer import stop
-  stop.check()
+  kept: list[Path] = []
+  written = write_reports(results, kept=kept, warn=lambda m: console.print(f"[yellow]warning:[/] {escape(m)}"))
+  stop.check()  # a stop swallowed by a matplotlib callback still ends the command as interrupted
+  if verbose:
+    for path in written: console.print(f"wrote {escape(str(path))}")
+  pngs = sum(p.suffix == ".png" for p in written)
+  reports = [p for p in written if p.suffix == ".md" and p.name not in ("index.md", "comparison.md")]  # one per suite, dataset, model
+  console.print(escape(f"{plural(len(records), 'run')} in {plural(len(reports), 'report')}: {plural(len(written) - pngs, 'markdown/CSV file')} "
+                       f"written, {plural(pngs, 'figure')} redrawn, {plural(len(kept), 'figure')} unchanged (their runs did not change)"
+                       + ("" if verbose else "; -v lists the files") + f"\nindex: {results / 'index.md'}"))
   return 0
 
 

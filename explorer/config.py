@@ -417,10 +417,12 @@ def sample_space(space: dict, n: int, seed: int, where: str, model: str) -> list
   return points
 
 
-def describe(cfg: RunConfig) -> str:
-  """The fully resolved configuration on one line (only the keys that apply to this model)."""
-  d = cfg.to_dict()
-  return " ".join(f"{k.name}={d[k.name]}" for k in KEYS if cfg.model in k.models and k.name != "batchnorm")
+def describe(cfg: RunConfig, changed_only: bool = False) -> str:
+  """The fully resolved configuration on one line (only the keys that apply to this model); changed_only: only the keys
+  that differ from the built-in defaults (the README's table), which is what tells one run from another."""
+  d, default = cfg.to_dict(), RunConfig(model=cfg.model).to_dict()
+  keys = [k.name for k in KEYS if cfg.model in k.models and k.name != "batchnorm" and not (changed_only and d[k.name] == default[k.name])]
+  return " ".join(f"{k}={d[k]}" for k in keys) or "all defaults"
 
 
 def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:

@@ -12,6 +12,12 @@ FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 # same mirrors as tinygrad's nn/datasets.py, so tinygrad's download cache can be reused
 BASE_URLS = {"mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/",
              "fashion": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"}
+# where to get the four files by hand (named in the error when they are missing and cannot be downloaded)
+SOURCES = {"mnist": "the original files at http://yann.lecun.com/exdb/mnist/ (often unreachable) or the mirror this tool downloads "
+                    "from, https://storage.googleapis.com/cvdf-datasets/mnist/",
+           "fashion": "https://github.com/zalandoresearch/fashion-mnist (its data/fashion/ folder), the mirror this tool downloads "
+                      "from, http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/, or on Debian/Ubuntu the package "
+                      "dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist: found without any flag)"}
 # md5 of the published .gz files; only downloads are checked (users may bring their own IDX files)
 MD5 = {"mnist": {TRAIN_IMAGES: "f68b3c2dcbeaaa9fbdd348bbdeb94873", TRAIN_LABELS: "d53e105ee54ea40749a09fcbcd1e9432",
                  TEST_IMAGES: "9fb629c4189551a2d022fa330f9573f3", TEST_LABELS: "ec29112dd5afa0611ce80d1b7f02629c"},
@@ -85,9 +91,16 @@ def _fetch(url: str, dest: Path, md5: str) -> None:
 
 def _download(name: str) -> dict[str, Path]:
   folder = cache_dir(name)
+  created = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
   folder.mkdir(parents=True, exist_ok=True)
-  for f in FILES:  # files left by an earlier, interrupted run were md5-checked before landing, so keep them
-    if not (folder / f).is_file(): _fetch(BASE_URLS[name] + f, folder / f, MD5[name][f])
+  try:
+    for f in FILES:  # files left by an earlier, interrupted run were md5-checked before landing, so keep them
+      if not (folder / f).is_file(): _fetch(BASE_URLS[name] + f, folder / f, MD5[name][f])
+  except BaseException:
+    for p in created:  # a failed attempt (offline) leaves no empty cache folders behind
+      try: p.rmdir()
+      except OSError: break  # not empty: it holds files that were downloaded and checked
+    raise
   return {f: folder / f for f in FILES}
 
 def _read_idx(path: Path, kind: str) -> np.ndarray:
@@ -124,7 +137,7 @@ def _not_found(name: str, searched: list[tuple[Path, dict]], why: str) -> str:
     missing = [f for f, p in found.items() if p is None]
     where.append(f"{folder}" + (f" (missing {', '.join(missing)})" if len(missing) < len(FILES) else ""))
   return (f"{name} data not found: need {', '.join(FILES)} (or the same names without .gz); searched {'; '.join(where)}; "
-          f"{why}; put the four files in ./data/{name}/ or pass --data-dir DIR / DATA_DIR=DIR")
+          f"{why}; get them from {SOURCES[name]}; put the four files in ./data/{name}/ or pass --data-dir DIR / DATA_DIR=DIR")
 
 def _check_int(label: str, v) -> int:
   if isinstance(v, bool) or not isinstance(v, (int, np.integer)): raise UserError(f"{label} must be a whole number, got {v!r}")

@@ -7,13 +7,16 @@ from typing import Sequence
 import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 import numpy as np
 from explorer.store import write_atomic
 
 DPI = 100
 MAX_POINTS = 1500  # curves are thinned to this many points before drawing: long runs would otherwise dominate the time
 LEGEND_MAX = 12
+LEGEND_SIZE = 8  # points; tick labels are 7
+MAX_TICKS = 12  # an LR sweep with up to this many values labels every one of them
+ANNOTATE_MAX = 8  # an LR sweep names up to this many of its points (the configurations taken from other categories)
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
@@ -89,6 +92,7 @@ def _plain_log_labels(axis) -> None:
 
 
 def _style(ax, title: str = "") -> None:
+  """Every figure's titles and labels are in sentence case ("Validation accuracy (%)"), model names in capitals."""
   ax.grid(True, alpha=0.3, linewidth=0.5)
   ax.tick_params(labelsize=7)
   if title: ax.set_title(title, fontsize=8, y=1.0, pad=3)  # a fixed y skips matplotlib's costly title auto-placement
@@ -105,31 +109,33 @@ def run_plot(record: dict, path: Path) -> Path:
   if len(train):
     ax_loss.plot(*_thin(steps, train), color=COLORS[0], alpha=0.2, linewidth=0.6)
     ax_loss.plot(*_thin(steps, smooth(train)), color=COLORS[0], linewidth=1.2, label="train (smoothed)")
-  if len(val_loss): ax_loss.plot(eval_steps, val_loss, "o-", color=COLORS[1], markersize=3, linewidth=1, label="val")
+  if len(val_loss): ax_loss.plot(eval_steps, val_loss, "o-", color=COLORS[1], markersize=3, linewidth=1, label="validation")
   _log_if_positive(ax_loss, train, val_loss)
-  _style(ax_loss, "loss")
-  ax_loss.set_xlabel("step", fontsize=7)
-  if len(train) or len(val_loss): ax_loss.legend(fontsize=7)
+  _style(ax_loss, "Loss")
+  ax_loss.set_xlabel("Step", fontsize=7)
+  if len(train) or len(val_loss): ax_loss.legend(fontsize=LEGEND_SIZE)
   acc_steps, val_acc = _xy(history, "eval_step", "val_acc")
   if len(val_acc): ax_acc.plot(acc_steps, 100 * val_acc, "o-", color=COLORS[2], markersize=3, linewidth=1)
-  _style(ax_acc, f"val accuracy (%) · last {100 * val_acc[-1]:.2f}" if len(val_acc) else "val accuracy (%)")
-  ax_acc.set_xlabel("step", fontsize=7)
+  _style(ax_acc, f"Validation accuracy (%) · last {100 * val_acc[-1]:.2f}" if len(val_acc) else "Validation accuracy (%)")
+  ax_acc.set_xlabel("Step", fontsize=7)
   lr_steps, lr = _xy(history, "step", "lr")
   if len(lr): ax_lr.plot(*_thin(lr_steps, lr), color=COLORS[4], linewidth=1)
-  _style(ax_lr, "learning rate")
+  _style(ax_lr, "Learning rate")
   ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
   ax_lr.yaxis.get_offset_text().set_fontsize(6)
-  ax_lr.set_xlabel("step", fontsize=7)
+  ax_lr.set_xlabel("Step", fontsize=7)
   status = record.get("status", "?")
   if status != "done":
     last = _array(history.get("step"))
     if len(last): ax_loss.axvline(last[-1], color="red", linestyle="--", linewidth=0.8)
-  fig.suptitle(f"{record.get('model', '?')} · {record.get('name', '?')} · {status}", fontsize=9)
+  model = str(record.get("model", "?"))
+  fig.suptitle(f"{model.upper() if model in ('mlp', 'cnn') else model} · {record.get('name', '?')} · {status}", fontsize=9)
   return _save(fig, path)
 
 
 def category_plot(runs: Sequence[tuple[str, dict]], path: Path, title: str) -> Path:
-  """Every run of a category overlaid: val accuracy and smoothed train loss. runs: (group, record); repeats share a colour."""
+  """Every run of a category overlaid: val accuracy (a marker at each measured point: with few evaluations the lines
+  between them are no trend) and smoothed train loss. runs: (group, record); repeats share a colour."""
   fig = Figure(figsize=(8, 3))
   grid = fig.add_gridspec(1, 2, left=0.07, right=0.98, bottom=0.16, top=0.86, wspace=0.22)
   ax_acc, ax_loss = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
@@ -141,19 +147,19 @@ def category_plot(runs: Sequence[tuple[str, dict]], path: Path, title: str) -> P
     history = record.get("history") if isinstance(record.get("history"), dict) else {}
     label = group if first and len(colours) <= LEGEND_MAX else None
     x, y = _xy(history, "eval_step", "val_acc")
-    if len(y): ax_acc.plot(x, 100 * y, "-", color=colour, linewidth=1, alpha=0.85, label=label)
+    if len(y): ax_acc.plot(x, 100 * y, "o-", color=colour, markersize=3, linewidth=1, alpha=0.85, label=label)
     x, y = _xy(history, "step", "train_loss")
     if len(y):
       ax_loss.plot(*_thin(x, smooth(y)), color=colour, linewidth=0.9, alpha=0.85)
       losses.append(y)
-  _style(ax_acc, "val accuracy (%)")
-  _style(ax_loss, "train loss (smoothed)")
+  _style(ax_acc, "Validation accuracy (%)")
+  _style(ax_loss, "Train loss (smoothed)")
   _log_if_positive(ax_loss, *losses)
-  for ax in (ax_acc, ax_loss): ax.set_xlabel("step", fontsize=7)
+  for ax in (ax_acc, ax_loss): ax.set_xlabel("Step", fontsize=7)
   if ax_acc.get_legend_handles_labels()[0]:
     extra = len(colours) - LEGEND_MAX
-    ax_acc.legend(fontsize=6, loc="lower right", ncol=2 if len(colours) > 6 else 1, title=f"+{extra} more" if extra > 0 else None,
-                  title_fontsize=6)
+    ax_acc.legend(fontsize=LEGEND_SIZE, loc="lower right", ncol=2 if len(colours) > 6 else 1, title=f"+{extra} more" if extra > 0 else None,
+                  title_fontsize=LEGEND_SIZE)
   fig.suptitle(title, fontsize=9)
   return _save(fig, path)
 
@@ -175,32 +181,44 @@ def heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], row_ax
     if math.isfinite(v): ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if v > middle else "white")
   colorbar = fig.colorbar(image, ax=ax)
   colorbar.ax.tick_params(labelsize=7)
-  ax.set_title(title, fontsize=8)
+  ax.set_title(title, fontsize=9)
   fig.set_layout_engine("tight")
   return _save(fig, path)
 
 
-def lr_plot(series: Sequence[tuple[str, Sequence[float], Sequence[float], Sequence[float]]], diverged: Sequence[float],
-            path: Path, title: str) -> Path:
-  """Mean val accuracy (%) against peak LR on a log axis; series: (label, lrs, means, stds); diverged LRs marked x."""
+def lr_plot(series: Sequence[tuple], diverged: Sequence[float], path: Path, title: str) -> Path:
+  """Mean val accuracy (%) against peak LR on a log axis, a tick label at every swept LR; series: (label, lrs, means,
+  stds[, a name per point or ""]), names written next to their points when there are few; diverged LRs marked x."""
   fig = Figure(figsize=(6, 3))
   ax = fig.add_subplot(1, 1, 1)
   fig.subplots_adjust(left=0.1, right=0.97, bottom=0.17, top=0.88)
-  lows = []
-  for k, (label, lrs, means, stds) in enumerate(series):
+  lows, swept = [], set(float(v) for v in diverged)
+  annotate = sum(sum(1 for n in (s[4] if len(s) > 4 else ()) if n) for s in series) <= ANNOTATE_MAX
+  for k, (label, lrs, means, stds, *names) in enumerate(series):
     order = np.argsort(lrs)
     x, y = np.asarray(lrs, float)[order], np.asarray(means, float)[order]
     e = np.nan_to_num(np.asarray(stds, float)[order])
     line = "-" if len(set(x.tolist())) == len(x) else ""  # several configurations at one LR: points, not a zigzag
-    ax.errorbar(x, y, yerr=e, fmt="o" + line, color=COLORS[k % len(COLORS)], markersize=4, linewidth=1, capsize=2, label=label or None)
+    colour = COLORS[k % len(COLORS)]
+    ax.errorbar(x, y, yerr=e, fmt="o" + line, color=colour, markersize=4, linewidth=1, capsize=2, label=label or None)
+    if annotate and names:
+      for xi, yi, n in zip(x, y, np.asarray(names[0], object)[order]):
+        if n: ax.annotate(str(n), (xi, yi), textcoords="offset points", xytext=(4, -9), fontsize=7, color=colour)
     lows.extend(y)
+    swept.update(x.tolist())
   if len(diverged):
     bottom = min(lows) if lows else 0
     ax.plot(diverged, [bottom] * len(diverged), "x", color="red", markersize=7, label="diverged / no result")
   ax.set_xscale("log")
   _plain_log_labels(ax.xaxis)
+  if 0 < len(swept) <= MAX_TICKS:  # 1-2-5 ticks would leave swept values such as 3e-3 unlabelled
+    ax.xaxis.set_major_locator(FixedLocator(sorted(swept)))
+    ax.xaxis.set_minor_locator(NullLocator())
+  if annotate and any(n for s in series if len(s) > 4 for n in s[4]) and len(swept) > 1:  # room for the names below and right
+    ax.set_xlim(min(swept) / 1.3, max(swept) * 1.6)
+    ax.margins(y=0.15)
   _style(ax, title)
-  ax.set_xlabel("peak learning rate (lr_max)", fontsize=8)
-  ax.set_ylabel("val accuracy (%)", fontsize=8)
-  if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=6)
+  ax.set_xlabel("Peak learning rate (lr_max)", fontsize=8)
+  ax.set_ylabel("Final validation accuracy (%)", fontsize=8)
+  if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=LEGEND_SIZE)
   return _save(fig, path)

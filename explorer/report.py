@@ -4,7 +4,7 @@ Per (suite, dataset) a folder (the results folder itself for experiments/mnist) 
 category, mean ± std over repeats, a noise-aware verdict, per-axis swings, overfit and efficiency tables), <model>.csv
 (one row per run) and plots/<model>/*.png; comparison.md when several models share the folder; index.md at the top."""
 from __future__ import annotations
-import csv, json, math, statistics, sys
+import csv, hashlib, json, math, statistics, sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +14,8 @@ from tabulate import tabulate
 from explorer import plots
 from explorer import record
 from explorer.record import METRIC_KEYS
-from explorer.store import load_records, write_atomic, write_text_atomic
+from explorer.store import load_records, write_atomic, write_json_atomic, write_text_atomic
+from explorer.text import plural
 
 STATUSES = record.STATUSES
 TARGETS = {"mlp": 0.95, "cnn": 0.98}  # MNIST test accuracy the best configuration should reach (no such line for Fashion-MNIST)
@@ -25,7 +26,9 @@ RUN_KEYS = ("params", "steps_done", "wall_s", "train_s", "compile_s", "setup_s",
             "tinygrad_version", "host", "started_at", "finished_at", "capped_from", "position", "config_hash")
 MAX_HEATMAP_VALUES = 12  # more distinct values than this per axis: not a grid worth a heatmap
 MAX_LEVELS = 6  # a numeric axis with more distinct values (random search) is binned into quartiles for its swing
-VAL_NOTE = ("val acc = final validation accuracy (held-out training images; used to pick the best), test acc = test set; "
+VAL_NOTE = ("val acc = final validation accuracy, of the weights a run ends on (held-out training images; used to pick the best; the "
+            "terminal also prints the best one seen during a run), test acc = test set; train time = optimizer steps and "
+            "validation passes, without compiling and kernel search (--beam); "
             "mean ± sample std over the seeds that finished (n shown when > 1); diverged/failed/interrupted runs are excluded from means")
 QUICK = "quick"  # the report variant of quick passes (--max-steps): its own files, never mixed with full-length results
 
@@ -306,14 +309,30 @@ def grid_axes(groups: list[Group]) -> tuple[str, str] | None:
 
 # ---------- plots ----------
 
-class Plotter:
-  """Writes one report folder's figures and remembers the written paths; a failing plot is a warning, not a lost report."""
-  def __init__(self, folder: Path, model: str, warn: Callable[[str], None], redraw: bool = True):
-    self.folder, self.model, self.warn, self.written, self.used = folder, model, warn, [], set()
-    self.redraw = redraw  # False: keep figures that already exist (their runs did not change)
+PLOT_CODE = hashlib.sha256(Path(plots.__file__).read_bytes()).hexdigest()[:16]  # new plotting code: every figure again
+STAMPS = ".stamps.json"  # per plots folder: figure -> [hash of what it shows, size, mtime_ns of the file drawn]
 
-  def __call__(self, filename: str, draw: Callable[[Path], Path]) -> str | None:
-    """Draws into plots/<model>/<filename>; returns the markdown-relative path, or None when it could not be drawn."""
+
+def _file_id(path: Path) -> list[int]:
+  st = path.stat()
+  return [st.st_size, st.st_mtime_ns]
+
+
+class Plotter:
+  """Writes one report folder's figures and remembers the written paths; a failing plot is a warning, not a lost report.
+  A figure is drawn again only when what it shows changed: each one's inputs (records, plotted values) are hashed and
+  the hash kept in plots/<model>/.stamps.json, with the drawn file's size and mtime (a file replaced by hand is redrawn)."""
+  def __init__(self, folder: Path, model: str, warn: Callable[[str], None], redraw: bool = True):
+    self.folder, self.model, self.warn, self.written, self.kept, self.used = folder, model, warn, [], [], set()
+    self.redraw = redraw  # False: keep figures that already exist (their runs did not change)
+    self.stamps_path = plots.safe_path(folder, "plots", model, STAMPS)
+    try: self.stamps = json.loads(self.stamps_path.read_text())
+    except (OSError, ValueError): self.stamps = {}
+    if not isinstance(self.stamps, dict): self.stamps = {}
+
+  def __call__(self, filename: str, draw: Callable[[Path], Path], inputs: Any = None) -> str | None:
+    """Draws into plots/<model>/<filename> unless the stamp of `inputs` (everything the figure shows) says the file is
+    up to date; returns the markdown-relative path, or None when it could not be drawn."""
     stem, n = filename.removesuffix(".png"), 2
     while filename in self.used:  # a run named like a summary plot (say "lr-grid"): keep both figures
       filename, n = f"{stem}-{n}.png", n + 1
@@ -322,14 +341,26 @@ class Plotter:
     try:
       path = plots.safe_path(self.folder, "plots", self.model, filename)
       if not self.redraw and plots.is_complete_png(path): return rel  # (a truncated one from an older version: drawn again)
+      stamp = hashlib.sha256(json.dumps([PLOT_CODE, filename, inputs], sort_keys=True, default=str).encode()).hexdigest()[:24]
+      if path.exists() and self.stamps.get(filename) == [stamp, *_file_id(path)]:
+        self.kept.append(path)
+        return rel
+      self.stamps.pop(filename, None)
       self.written.append(draw(path))
+      self.stamps[filename] = [stamp, *_file_id(path)]
       return rel
     except Exception as e:  # one bad history must not cost the whole report
       self.warn(f"plot {self.folder / rel} failed: {type(e).__name__}: {e}")
       return None
 
+  def save_stamps(self) -> None:
+    """Keeps the stamps of figures this report still links (atomically: two explorers may rebuild at once)."""
+    stamps = {k: v for k, v in self.stamps.items() if k in self.used}
+    if not stamps and not self.stamps_path.exists(): return
+    write_json_atomic(self.stamps_path, stamps)
 
-def heatmap_for(plot: Plotter, category: str, groups: list[Group], axes: tuple[str, str]) -> str | None:
+
+def heatmap_for(plot: Plotter, category: str, groups: list[Group], axes: tuple[str, str], model: str = "") -> str | None:
   row_axis, col_axis = axes
   rows = sorted({_hashable(g.axes[row_axis]) for g in groups}, key=_sort_key)
   cols = sorted({_hashable(g.axes[col_axis]) for g in groups}, key=_sort_key)
@@ -340,33 +371,50 @@ def heatmap_for(plot: Plotter, category: str, groups: list[Group], axes: tuple[s
   if not cells: return None
   grid = np.full((len(rows), len(cols)), np.nan)
   for (r, c), v in cells.items(): grid[rows.index(r), cols.index(c)] = statistics.fmean(v)
-  return plot(f"heatmap-{category}.png", lambda p: plots.heatmap(
-    grid, [fmt_value(v) for v in rows], [fmt_value(v) for v in cols], row_axis, col_axis, p, f"{category}: mean val accuracy (%)"))
+  labels = [fmt_value(v) for v in rows], [fmt_value(v) for v in cols]
+  title = f"{label(model) + ' · ' if model else ''}{category}: mean final validation accuracy (%)"
+  return plot(f"heatmap-{category}.png", lambda p: plots.heatmap(grid, *labels, row_axis, col_axis, p, title),
+              inputs=[grid.tolist(), labels, axes, title])
 
 
-def lr_sweep_for(plot: Plotter, category: str, groups: list[Group]) -> str | None:
+SWEEP_FREE = ("lr_max", "seed")  # a sweep's runs differ in lr_max only (repeats of one configuration differ in seed)
+
+
+def lr_sweep_for(plot: Plotter, category: str, groups: list[Group], all_groups: list[Group] | None = None, model: str = "") -> str | None:
+  """Mean final val accuracy against the peak LR, for a category that varies lr_max. Only configurations that differ in
+  lr_max alone are compared: one line per setting of everything else that has two or more LRs, taking in the report's
+  configurations from other categories with that same setting (the baseline at 1e-3 in a learning-rate category).
+  Configurations that change other keys too (a combo category, a random search) would confound the trend: left out."""
   lrs = {num(g.config.get("lr_max")) for g in groups} - {None}
   if len(lrs) < 2 or min(lrs) <= 0: return None
-  others = sorted({a for g in groups for a in g.axes if a not in ("lr_max", "lr")})
-  combos = {tuple(fmt_value(g.axes.get(a)) for a in others) for g in groups}
-  split = bool(others) and len(combos) <= 8  # one line per setting of the other axes, when there are few
-  series: dict[tuple, tuple[list, list, list]] = {}
-  diverged = []
-  for g in groups:
-    lr, s = num(g.config.get("lr_max")), g.stat("val_acc")
-    if lr is None: continue
-    if not s.n:
-      diverged.append(lr)
-      continue
-    key = tuple(_sort_key(_hashable(g.axes.get(a))) for a in others) if split else ()
-    xs, ys, es = series.setdefault(key, ([], [], []))
-    xs.append(lr)
-    ys.append(100 * s.mean)
-    es.append(100 * (s.std or 0.0))
-  if not series: return None
-  def name(key: tuple) -> str: return ", ".join(f"{a}={k[2] or f'{k[1]:g}'}" for a, k in zip(others, key))
-  data = [(name(key), *v) for key, v in sorted(series.items())]
-  return plot(f"lr-{category}.png", lambda p: plots.lr_plot(data, diverged, p, f"{category}: val accuracy vs peak LR"))
+  def rest(g: Group) -> str: return json.dumps({k: v for k, v in g.config.items() if k not in SWEEP_FREE}, sort_keys=True, default=str)
+  mine = {rest(g) for g in groups if num(g.config.get("lr_max"))}
+  sweeps: dict[str, list[Group]] = {}
+  # the category's own configurations first; another category's only where they add an LR (the same configuration
+  # twice, say the suite's default in two categories, would be one point drawn twice)
+  for g in [*groups, *(g for g in all_groups or [] if g not in groups)]:
+    lr, same = num(g.config.get("lr_max")), sweeps.setdefault(rest(g), []) if rest(g) in mine else None
+    if same is not None and (lr or 0) > 0 and (g in groups or lr not in {num(o.config["lr_max"]) for o in same}): same.append(g)
+  sweeps = {k: gs for k, gs in sweeps.items() if len({num(g.config["lr_max"]) for g in gs}) >= 2}
+  if not sweeps: return None
+  # each line is named by the keys its fixed setting differs in from the other lines
+  configs = {k: gs[0].config for k, gs in sweeps.items()}
+  differ = sorted({key for c in configs.values() for key in c if key not in SWEEP_FREE and len({json.dumps(d.get(key)) for d in configs.values()}) > 1})
+  data, diverged = [], []
+  for k, gs in sweeps.items():
+    points = []
+    for g in gs:
+      s = g.stat("val_acc")
+      # a configuration from another category is named at its point: the sweep's own are the category's table
+      if s.n: points.append((num(g.config["lr_max"]), 100 * s.mean, 100 * (s.std or 0.0), "" if g in groups else g.name + ("" if g.name == g.category else f" ({g.category})")))
+      else: diverged.append(num(g.config["lr_max"]))
+    if points:
+      name = ", ".join(f"{key}={fmt_value(configs[k].get(key))}" for key in differ)
+      data.append((name, *(list(v) for v in zip(*sorted(points)))))
+  if not data: return None
+  data.sort(key=lambda d: d[0])
+  title = f"{label(model) + ' · ' if model else ''}{category}: final validation accuracy vs peak learning rate"
+  return plot(f"lr-{category}.png", lambda p: plots.lr_plot(data, diverged, p, title), inputs=[data, diverged, title])
 
 
 # ---------- one model's report ----------
@@ -392,8 +440,8 @@ def speed_note(records: list[dict]) -> str:
   beams = Counter(int(r.get("beam") or 0) for r in records)
   threads = Counter(int(r.get("threads") or 1) for r in records)
   note = "" if set(beams) == {0} else \
-    " · kernel search " + ", ".join(f"--beam {b}: {n} runs" if b else f"none: {n} runs" for b, n in sorted(beams.items()))
-  if set(threads) != {1}: note += " · CPU threads per kernel " + ", ".join(f"{t}: {n} runs" for t, n in sorted(threads.items()))
+    " · kernel search " + ", ".join(f"--beam {b}: {plural(n, 'run')}" if b else f"none: {plural(n, 'run')}" for b, n in sorted(beams.items()))
+  if set(threads) != {1}: note += " · CPU threads per kernel " + ", ".join(f"{t}: {plural(n, 'run')}" for t, n in sorted(threads.items()))
   return note
 
 
@@ -417,7 +465,7 @@ def model_report(folder: Path, suite: str, dataset: str, model: str, records: li
   elif has_quick:
     lines += [f"Quick passes of this suite (--max-steps) are reported apart: [{report_stem(model, QUICK)}.md]({report_stem(model, QUICK)}.md).", ""]
   lines += [
-           f"{len(records)} runs ({len(groups)} configurations in {len(categories)} categories) · device {', '.join(devices)} · "
+           f"{plural(len(records), 'run')} ({plural(len(groups), 'configuration')} in {plural(len(categories), 'category', 'categories')}) · device {', '.join(devices)} · "
            f"tinygrad {', '.join(versions)}" + speed_note(records), "", f"_{VAL_NOTE}._", ""]
   capped = Counter((int(r["capped_from"]), r["config"].get("steps")) for r in records if num(r.get("capped_from")) is not None)
   for (was, now), n in sorted(capped.items()):
@@ -461,22 +509,24 @@ def model_report(folder: Path, suite: str, dataset: str, model: str, records: li
       rows.append([counter, code(g.name), g.description, fmt_value(c.get("lr_max", "—")), fmt_value(c.get("batch", "—")),
                    fmt_value(c.get("steps", "—")), fmt_value(c.get("opt", "—")), pct(g.stat("val_acc")), pct(g.stat("test_acc")),
                    fmt_stat(g.stat("train_s")), g.status()])
-    lines += [table(rows, ["#", "configuration", "description", "LR", "batch", "steps", "optimizer", "val acc (%)", "test acc (%)",
-                           "time (s)", "status"]), ""]
+    lines += [table(rows, ["#", "configuration", "description", "LR", "batch", "steps", "optimizer", "final val acc (%)", "test acc (%)",
+                           "train time (s)", "status"]), ""]
     if len(gs) > 1: lines += [verdict(gs)[1], ""]
     cat_swings = axis_swings(category, gs)
     if cat_swings:
       lines += ["Swing per axis (pts): " + ", ".join(f"{s.axis} {100 * s.swing:.2f}" for s in cat_swings) + "", ""]
-    figures = [("runs overlaid", plot(f"category-{category}.png", lambda p, gs=gs: plots.category_plot(
-      [(g.name, r) for g in gs for r in g.runs], p, f"{label(model)} · {category}")))]
+    overlaid = [(g.name, r) for g in gs for r in g.runs]
+    title = f"{label(model)} · {category}: runs overlaid"
+    figures = [("runs overlaid", plot(f"category-{category}.png", lambda p, runs=overlaid, title=title: plots.category_plot(runs, p, title),
+                                      inputs=[overlaid, title]))]
     axes = grid_axes(gs)
-    if axes: figures.append((f"heatmap {axes[0]} × {axes[1]}", heatmap_for(plot, category, gs, axes)))
-    figures.append(("val accuracy vs learning rate", lr_sweep_for(plot, category, gs)))
+    if axes: figures.append((f"heatmap {axes[0]} × {axes[1]}", heatmap_for(plot, category, gs, axes, model)))
+    figures.append(("final val accuracy vs learning rate", lr_sweep_for(plot, category, gs, groups, model)))
     lines += [f"![{category}: {alt}]({rel})" for alt, rel in figures if rel] + [""]
     links = []
     for g in gs:
       for r in g.runs:
-        rel = plot(f"{r['name']}.png", lambda p, r=r: plots.run_plot(r, p))
+        rel = plot(f"{r['name']}.png", lambda p, r=r: plots.run_plot(r, p), inputs=r)
         if rel: links.append(f"[{r['name']}]({rel})")
     if links: lines += ["Per-run curves: " + " · ".join(links), ""]
 
@@ -524,7 +574,9 @@ def model_report(folder: Path, suite: str, dataset: str, model: str, records: li
   lines += ["## Files", "", f"- [{stem}.csv]({stem}.csv): one row per run (every config key, metric and timing).", ""]
 
   summary = {"model": model, "runs": len(records), "configs": len(groups), "best": best,
-             "params": best.stat("params").mean if best else None, "ms_per_step": best.stat("ms_per_step").mean if best else None}
+             "params": best.stat("params").mean if best else None, "ms_per_step": best.stat("ms_per_step").mean if best else None,
+             "kept": plot.kept}
+  plot.save_stamps()
   return "\n".join(lines), plot.written, summary
 
 
@@ -580,11 +632,12 @@ def _stderr(message: str) -> None: print(f"warning: {message}", file=sys.stderr)
 
 
 def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None, redraw: set[tuple[str, str, str]] | None = None,
-                  prefer: dict[tuple, str] | None = None) -> list[Path]:
+                  prefer: dict[tuple, str] | None = None, kept: list[Path] | None = None) -> list[Path]:
   """Regenerate every report from the stored records; returns the written paths (markdown, CSV, PNG). Every file is
   written atomically (a stop at any moment leaves the old file or the new one).
   redraw: the (suite, dataset, model) reports whose figures are drawn again (None: all); the others keep figures that
   exist, which keeps a suite's end quick when the results folder holds many other studies (or the other model's runs).
+  Within the reports it draws, a figure is drawn only when what it shows changed (see Plotter); kept collects the others.
   prefer: (suite, dataset, model, name) -> the config hash a suite just ran, shown in preference to other stored versions.
   warn gets one line per skipped record file and per failed plot; all of them are also listed in index.md."""
   results_dir = Path(results_dir)
@@ -617,6 +670,7 @@ def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None, 
         md = write_text_atomic(plots.safe_path(folder, f"{stem}.md"), text)
         written += [md, write_csv(plots.safe_path(folder, f"{stem}.csv"), runs), *pngs]
         if not variant: summaries.append(summary)
+        if kept is not None: kept += summary["kept"]
         rel = md.relative_to(results_dir.resolve()).as_posix()
         best = summary["best"]
         kind = label(model) + (" · quick passes (steps capped, not comparable)" if variant else "")
@@ -646,10 +700,10 @@ def summary_table(records: list[dict]):
   from rich.table import Table
   records = [r for r in records if isinstance(r, dict)]
   several = len({(r.get("suite"), r.get("dataset"), r.get("model")) for r in records}) > 1
-  t = Table(title=f"{len(records)} runs", title_style="bold")
+  t = Table(title=plural(len(records), "run"), title_style="bold")
   if several: t.add_column("model")
   for name in ("name", "category"): t.add_column(name)
-  for name in ("val acc", "test acc", "ms/step", "time (s)"): t.add_column(name, justify="right")
+  for name in ("final val", "test acc", "ms/step", "train (s)"): t.add_column(name, justify="right")
   t.add_column("status")
   styles = {"done": "green", "diverged": "yellow", "interrupted": "yellow", "failed": "red"}
   for r in records:

@@ -11,6 +11,7 @@ from explorer.config import RunSpec, describe
 from explorer.data import Dataset
 from explorer.errors import UserError
 from explorer import record, stop, store
+from explorer.text import plural
 
 
 def make_record(spec: RunSpec, suite: str, result: dict | None, status: str, error: str | None, started_at: str, beam: int = 0,
@@ -35,11 +36,29 @@ CODE_VERSION = code_version()
 def _pct(x) -> str: return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
 
+def heading(console: Console, text: str) -> None:
+  """A rule across a terminal; in a log (no terminal, where the console is wide so tables are never cut) a short one."""
+  if console.is_terminal: console.rule(text)
+  else: console.print(f"── {text} ──")
+
+
+def result_line(record: dict) -> str:
+  """One run's outcome. val: the final validation accuracy (the one the tables and reports use), then the best one seen."""
+  m, status = record["metrics"], record["status"]
+  colour = {"done": "green", "diverged": "yellow"}.get(status, "red")
+  best = f" (best {_pct(m.get('best_val_acc'))} at step {m.get('best_val_step')})" if m.get("best_val_acc") is not None else ""
+  search = " incl. BEAM search" if record.get("beam") else ""
+  return (f"[{colour}]{status}[/] final val {_pct(m.get('final_val_acc'))}{best} · test {_pct(m.get('test_acc'))} · "
+          f"{record['ms_per_step'] or 0:.1f} ms/step · training {record['train_s'] or 0:.1f}s · "
+          f"compile{search} {record['compile_s'] or 0:.1f}s · {record['wall_s'] or 0:.1f}s in all")
+
+
 def run_suite(specs: list[RunSpec], suite: str, results: Path, datasets: dict[str, Dataset], rerun_since: str | None, device: str,
               console: Console, summary: bool = True, beam: int = 0, threads: int = 1, rebuild: bool = True,
-              study_file: str | None = None) -> int:
+              study_file: str | None = None, verbose: bool = False) -> int:
   """rerun_since: with --rerun, the start time of the command: only records finished after it count as done (so the
-  worker processes of one --rerun command still share the work)."""
+  worker processes of one --rerun command still share the work). verbose: print each run's whole configuration."""
+  started_at_iso = store.now_iso()  # records finished after this were trained by another process during this command
   from explorer.train import Trainer  # imports tinygrad: only once the inputs are known to be good
   for path, info, why in store.clear_stale(results):
     owner = f"its explorer (pid {info.get('pid', '?')}) died" if why is None else f"it is invalid ({why})"
@@ -50,17 +69,19 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, datasets: dict[st
   trainer = Trainer(beam=beam, threads=threads)
   if trainer.threads > 1: console.print(f"CPU kernels run on {trainer.threads} threads (--threads)")
   if beam: console.print(f"BEAM={beam} kernel search for the compiled steps (cached on disk after the first run of a shape)")
-  finished, skipped, failed, busy = [], 0, 0, 0
+  finished, skipped, by_others, failed, busy = [], 0, 0, 0, 0
   started_wall = time.perf_counter()
   try:
     for i, spec in enumerate(specs, 1):
       if parent_gone(): raise KeyboardInterrupt  # a helper whose explorer died stops (where PR_SET_PDEATHSIG does not exist)
       cfg = spec.config
       path = store.record_path(results, suite, cfg.dataset, cfg.model, spec.name, cfg.hash())
-      def done_already() -> bool:
-        return store.is_complete(store.find_record(results, suite, cfg.dataset, cfg.model, spec.name, cfg.hash()), cfg.hash(), rerun_since)
-      if done_already():
-        skipped += 1
+      def done_record() -> dict | None:
+        found = store.find_record(results, suite, cfg.dataset, cfg.model, spec.name, cfg.hash())
+        return found if store.is_complete(found, cfg.hash(), rerun_since) else None
+      if found := done_record():
+        if str(found.get("finished_at", "")) >= started_at_iso: by_others += 1
+        else: skipped += 1
         continue
       claim = store.try_claim(path.parent, path.name.removesuffix(".json"), cfg.hash(),
                               warn=lambda m: console.print(f"[yellow]warning:[/] {escape(m)}"))
@@ -69,13 +90,14 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, datasets: dict[st
         console.print(f"[dim]{escape(spec.name)}: another explorer is training it; skipped[/]")
         continue
       try:
-        if done_already():  # the other explorer may have finished it between our check and our claim
-          skipped += 1
+        if done_record():  # the other explorer may have finished it between our check and our claim
+          by_others += 1
           continue
-        console.rule(escape(f"[{i}/{len(specs)}] {cfg.model} · {spec.category} · {spec.name}"))
+        heading(console, escape(f"[{i}/{len(specs)}] {cfg.model} · {spec.category} · {spec.name}"))
         if spec.description: console.print(spec.description, markup=False)
-        capped = f" (steps capped from {spec.capped_from} by --max-steps: a quick pass, reported separately)" if spec.capped_from else ""
-        console.print(describe(cfg) + capped, style="dim", markup=False, soft_wrap=True)
+        capped = f" · steps capped from {spec.capped_from} by --max-steps (a quick pass, reported apart)" if spec.capped_from else ""
+        changed = "" if verbose else " · the other keys at their defaults (-v shows all)"
+        console.print(describe(cfg, changed_only=not verbose) + capped + changed, style="dim", markup=False, soft_wrap=True)
         started_at = store.now_iso()
         data = datasets[cfg.dataset]
         try:
@@ -98,10 +120,7 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, datasets: dict[st
         store.save_record(path, rec)
         finished.append(rec)
         failed += status == "failed"
-        m = rec["metrics"]
-        colour = {"done": "green", "diverged": "yellow"}.get(status, "red")
-        console.print(f"[{colour}]{status}[/] val {_pct(m.get('best_val_acc'))} (best) · test {_pct(m.get('test_acc'))} · "
-                      f"{rec['ms_per_step'] or 0:.1f} ms/step · compile {rec['compile_s'] or 0:.1f}s · {rec['wall_s'] or 0:.1f}s")
+        console.print(result_line(rec))
       finally:
         store.release(claim)
   except KeyboardInterrupt:
@@ -110,8 +129,7 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, datasets: dict[st
     raise
   if rebuild: rebuild_reports(results, console, suite, specs)
   stop.check()  # a stop during the reports may have been swallowed by a matplotlib callback: still exit 130
-  console.print(f"{len(finished)} trained, {skipped} already finished (skipped; --rerun to train again)"
-                + (f", {busy} held by another explorer" if busy else "") + f" · {time.perf_counter() - started_wall:.1f}s")
+  console.print(closing_line(len(finished), by_others, skipped, busy) + f" · {time.perf_counter() - started_wall:.1f}s")
   if finished and summary:
     from explorer.report import summary_table
     console.print(summary_table(finished))
@@ -119,7 +137,14 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, datasets: dict[st
   return 1 if failed else 0
 
 
-def plural(n: int, word: str) -> str: return f"{n} {word}{'' if n == 1 else 's'}"
+def closing_line(trained: int, by_others: int, skipped: int, busy: int) -> str:
+  """What happened to every planned run: trained here, by another process of this command (--workers helpers, or a
+  second explorer), already finished before it started (skipped), or still held by another explorer."""
+  parts = [f"{trained} trained here" if by_others or busy else f"{trained} trained"]
+  if by_others: parts.append(f"{by_others} trained meanwhile by another explorer process (e.g. a --workers helper)")
+  if skipped: parts.append(f"{skipped} already finished before (skipped; --rerun to train again)")
+  if busy: parts.append(f"{busy} still held by another explorer")
+  return ", ".join(parts)
 
 
 WORKER_ENV = "MNIST_EXPLORER_WORKER"
@@ -153,7 +178,7 @@ def run_with_workers(argv: list[str], workers: int, specs: list[RunSpec], suite:
         children.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve().parents[1] / "mnist_explorer.py"), *argv,
                                           "--workers", "1", "--threads", str(suite_args["threads"])], env=env, stdout=log,
                                          stderr=subprocess.STDOUT, preexec_fn=_die_with_parent if sys.platform == "linux" else None))
-    console.print(f"{plural(workers - 1, 'helper process')} started; their output: {escape(str(log_dir))}/worker-*.log")
+    console.print(f"{plural(workers - 1, 'helper process', 'helper processes')} started; their output: {escape(str(log_dir))}/worker-*.log")
     code = run_suite(specs, suite, results, console=console, summary=False, rebuild=False, **suite_args)  # rebuilt once, below
     if any(p.poll() is None for p in children): console.print("[dim]waiting for the helper processes to finish their runs…[/]")
     codes = [p.wait() for p in children]
@@ -199,7 +224,19 @@ def train_with_progress(trainer, spec: RunSpec, data, console: Console) -> dict:
     def progress(p: dict) -> None:
       bar.update(task, completed=p["step"], lr=f"{p['lr']:.2e}", loss=f"{p['loss']:.4f}", val=_pct(p["val_acc"]))
 
-    return trainer.run(cfg, data, progress)
+    def compiling(step: str, seconds: float | None) -> None:
+      # the first calls of a compiled step compile (with --beam: search) its kernels: say so, a search takes minutes
+      if seconds is None:
+        what = f"kernel search (BEAM={trainer.beam}) for the {step}" if trainer.beam else f"compiling the {step}"
+        bar.update(task, description=f"{spec.name}: {what}")
+        if trainer.beam: console.print(f"[dim]{what}: minutes for a new shape, seconds once tinygrad's cache has it…[/]")
+      else:
+        bar.update(task, description=spec.name)
+        if trainer.beam: console.print(f"[dim]{step}: kernel search and compile took {seconds:.1f}s (not counted as training time)[/]")
+
+    trainer.on_compile = compiling
+    try: return trainer.run(cfg, data, progress)
+    finally: trainer.on_compile = None
 
 
 def rebuild_reports(results: Path, console: Console, suite: str, specs: list[RunSpec]) -> None:

@@ -123,11 +123,25 @@ class Trainer:
     self.fast_replay = fast_replay
     # kernels lowered by an earlier process are read from disk instead of lowered again (explorer.program_cache)
     program_cache.install()
+    # seconds spent in the calls that compile (and, with --beam, search) and capture the steps: kept out of training time
+    self.compile_s = 0.0
+    # on_compile(step name, None) before such a call and (name, seconds) after it: a kernel search can take minutes
+    self.on_compile: Callable[[str, float | None], None] | None = None
 
   def _call(self, jit: Callable, *args: Tensor):
     # a TinyJit compiles on its first call and captures on its second: search then; later calls replay (and without
     # --beam, tinygrad's own BEAM env var keeps its global meaning)
     if getattr(jit, "cnt", 0) > 1: return replay.call(jit, *args) if self.fast_replay else jit(*args)
+    # the first call compiles (and searches), the second captures: announce the first, time both
+    announce, name = self.on_compile and getattr(jit, "cnt", 0) == 0, getattr(getattr(jit, "fxn", None), "__name__", "step").replace("_", " ")
+    if announce: self.on_compile(name, None)
+    t0 = time.perf_counter()
+    try: return self._compile_call(jit, *args)
+    finally:
+      self.compile_s += (seconds := time.perf_counter() - t0)
+      if announce: self.on_compile(name, seconds)
+
+  def _compile_call(self, jit: Callable, *args: Tensor):
     if not self.beam: return jit(*args)
     with Context(BEAM=self.beam), cpu_threads.one_thread(): return jit(*args)
 
@@ -208,7 +222,7 @@ class Trainer:
 
   def run(self, cfg: RunConfig, data: Dataset, progress: Callable[[dict], None] | None = None) -> dict:
     """Train one configuration; returns its metrics and histories. A NaN/inf loss stops it as 'diverged'."""
-    t0 = time.perf_counter()
+    t0, compile_before = time.perf_counter(), self.compile_s
     c = self.prepare(cfg)
     self.reset(c, cfg)
     setup_s = time.perf_counter() - t0
@@ -216,7 +230,7 @@ class Trainer:
     x_train, y_train = data.x_train[:n_train], data.y_train[:n_train]
     batches = batch_indices(len(x_train), cfg.batch, cfg.seed)
     history = {"step": [], "train_loss": [], "lr": [], "eval_step": [], "val_loss": [], "val_acc": []}
-    step_times, status, first_steps_s = [], "done", 0.0
+    step_times, status = [], "done"
     best = {"val_acc": -1.0, "val_loss": math.inf, "step": 0}
     plateau = {"best_loss": math.inf, "bad": 0, "scale": 1.0, "weights": None, "val": (None, None)}
     eval_s = 0.0
@@ -227,8 +241,7 @@ class Trainer:
       ts = time.perf_counter()
       loss = self.train_batch(c, xb, y_train[idx])
       elapsed = time.perf_counter() - ts
-      if step < 2: first_steps_s += elapsed  # step 1 compiles kernels, step 2 captures the JIT
-      else: step_times.append(elapsed)
+      if step >= 2: step_times.append(elapsed)  # step 1 compiles kernels, step 2 captures the JIT
       history["step"].append(step + 1)
       history["train_loss"].append(loss)
       history["lr"].append(lr_at(cfg, step, plateau["scale"]))
@@ -236,9 +249,9 @@ class Trainer:
         status = "diverged"
         break
       if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.steps:
-        te = time.perf_counter()
+        te, compile_at = time.perf_counter(), self.compile_s
         val_loss, val_acc = self.evaluate(c, data.x_val, data.y_val)
-        eval_s += time.perf_counter() - te
+        eval_s += time.perf_counter() - te - (self.compile_s - compile_at)  # the first evaluation compiles the eval step
         history["eval_step"].append(step + 1)
         history["val_loss"].append(val_loss)
         history["val_acc"].append(val_acc)
@@ -256,9 +269,12 @@ class Trainer:
       self._load_weights(c, plateau["weights"])
       # the restored weights are the ones tested, so their validation numbers (measured when they were kept) are final
       if status == "done": final_val = plateau["val"]
-    train_s = time.perf_counter() - t0
+    compile_s = self.compile_s - compile_before
+    # training time: the optimizer steps and validation passes only, without building the model (setup) and without
+    # compiling, kernel search (--beam) and capturing, which a shape pays once per process (compile_s)
+    train_s = time.perf_counter() - t0 - setup_s - compile_s
     result = {"status": status, "history": history, "batch_shape": list(xb.shape), "params": count_parameters(c.model), "device": self.device,
-              "setup_s": setup_s, "compile_s": first_steps_s, "eval_s": eval_s,
+              "setup_s": setup_s, "compile_s": compile_s, "eval_s": eval_s,
               "ms_per_step": 1000 * float(np.median(step_times)) if step_times else None,
               "steps_done": len(history["step"]), "best_val_acc": best["val_acc"] if best["val_acc"] >= 0 else None,
               "best_val_step": best["step"], "final_val_loss": final_val[0], "final_val_acc": final_val[1],

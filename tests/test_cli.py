@@ -106,7 +106,9 @@ def test_suite_resume_rerun_and_report(tmp_path, data_dir):
   recs = records(tmp_path)
   assert set(recs) == {"baseline", "lr-high", "lr-low", "batch-8"}
   assert all(rec["status"] == "done" and rec["metrics"]["test_acc"] is not None for rec in recs.values())
-  assert "steps=6 batch=16 lr_max=0.001" in r.stdout, "the resolved config is printed before training"
+  assert "steps=6 batch=16 width=16 eval_every=3 · the other keys at their defaults (-v shows all)" in r.stdout, \
+    "what differs from the defaults is printed before training"
+  assert "done final val" in r.stdout and "(best " in r.stdout and "already finished" not in r.stdout
   md = (tmp_path / "results" / "exp-mnist" / "mlp.md").read_text()
   assert "learning_rate" in md and "lr-high" in md
   # resume: nothing is trained again
@@ -258,7 +260,7 @@ def test_two_explorers_on_one_folder_train_each_run_once(tmp_path, data_dir):
   assert all(p.returncode == 0 for p in procs), outs
   recs = records(tmp_path)
   assert set(recs) == {"baseline", "lr-high", "lr-low", "batch-8"}
-  trained = sum(o.count("\ndone val") + o.startswith("done val") for o, _ in outs)
+  trained = sum(o.count("\ndone final val") + o.startswith("done final val") for o, _ in outs)
   assert trained == 4, f"each run trained exactly once, got {trained}: {outs}"
 
 
@@ -267,8 +269,9 @@ def test_workers_share_one_suite_and_rerun_trains_each_once(tmp_path, data_dir):
     r = explorer(args, tmp_path, data_dir=data_dir)
     assert r.returncode == 0, r.stdout + r.stderr
     log = (tmp_path / "results" / "workers" / "worker-1.log").read_text()
-    trained = (r.stdout + log).count("done val")
+    trained = (r.stdout + log).count("done final val")
     assert trained == 4, f"{args}: each run trained exactly once, got {trained}"
+    assert "already finished" not in r.stdout, "runs a helper trained in this command are not 'already finished (skipped)'"
     assert set(records(tmp_path)) == {"baseline", "lr-high", "lr-low", "batch-8"}
     from explorer.cpu_threads import default_threads
     assert {r["threads"] for r in records(tmp_path).values()} == {default_threads(2)}, "the cores are shared between the processes"
@@ -288,3 +291,34 @@ def test_max_steps_scales_the_schedule_lengths():
   assert capped(warmup=499).config.warmup == 299, "warmup stays shorter than the run"
   once = capped(warmup=150)
   assert cap_steps(once, 300) == once, "a run already within the cap is left alone"
+
+
+LONG_NAMES = """
+[mlp.defaults]
+width = 16
+steps = 4
+batch = 16
+eval_every = 2
+[[mlp.runs]]
+name = "a-rather-long-configuration-name-for-the-logs"
+category = "a_long_category_name_as_well"
+lr_max = 0.002
+"""
+
+
+def test_a_log_keeps_whole_names_and_the_report_command_is_short(tmp_path, data_dir):
+  """Output into a pipe or CI log: tables are not cut at 80 columns; one run is "1 run"; -v prints the whole
+  configuration; `report` prints a short summary, redraws only what changed and lists the files with -v."""
+  r = explorer(["mlp", "-v"], tmp_path, data_dir=data_dir, suite=LONG_NAMES)
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert "…" not in r.stdout, r.stdout
+  row = next(line for line in r.stdout.splitlines() if "a-rather-long-configuration-name-for-the-logs" in line and "│" in line)
+  assert "a_long_category_name_as_well" in row and "done" in row, row
+  assert "· 1 run ·" in r.stdout and "1 runs" not in r.stdout
+  assert "nesterov=False" in r.stdout and "the other keys at their defaults" not in r.stdout, "-v: the whole configuration"
+  first = explorer(["report"], tmp_path)
+  assert first.returncode == 0, first.stderr
+  assert "1 run in 1 report:" in first.stdout and "wrote" not in first.stdout and len(first.stdout.splitlines()) <= 3
+  assert "0 figures redrawn" in first.stdout and "2 figures unchanged" in first.stdout, "the suite's end drew them already"
+  listed = explorer(["report", "-v"], tmp_path)
+  assert listed.returncode == 0 and "wrote " in listed.stdout and "mlp.md" in listed.stdout

@@ -139,6 +139,30 @@ def test_offline_without_data(isolated):
   assert "--data-dir" in msg and "DATA_DIR" in msg and "network is unreachable" in msg
   assert str(isolated / "cache" / "mnist-explorer" / "mnist") in msg and "tinygrad" in msg
   assert "downloading is off" in expect_error("data/mnist", download=False)
+  # where to get the files: the original site and the mirror the download uses
+  assert "yann.lecun.com/exdb/mnist" in msg and data.BASE_URLS["mnist"] in msg
+  # the failed attempt leaves no empty cache folders behind (the cache home held nothing before)
+  assert not (isolated / "cache").exists(), sorted(str(p) for p in (isolated / "cache").rglob("*"))
+
+def test_offline_fashion_names_its_sources(isolated):
+  with pytest.raises(UserError) as e: load_dataset("fashion", val_size=10)
+  msg = str(e.value)
+  assert "github.com/zalandoresearch/fashion-mnist" in msg and "apt-get install dataset-fashion-mnist" in msg
+  assert data.BASE_URLS["fashion"] in msg
+
+def test_failed_download_keeps_folders_that_existed_and_checked_files(isolated, monkeypatch):
+  cache = isolated / "cache"
+  cache.mkdir()
+  expect_error("data/mnist", val_size=10)
+  assert cache.is_dir() and not (cache / "mnist-explorer").exists(), "only the folders the attempt made are removed"
+  src = make_files(isolated / "src")
+  files = {f: (src / f).read_bytes() for f in FILES}
+  md5 = {f: hashlib.md5(b).hexdigest() for f, b in files.items()}
+  md5[TEST_IMAGES] = "0" * 32  # the third file fails: the two checked ones stay for the next attempt
+  monkeypatch.setitem(data.MD5, "mnist", md5)
+  serve(monkeypatch, files, [])
+  expect_error(data.BASE_URLS["mnist"] + TEST_IMAGES, val_size=10)
+  assert sorted(p.name for p in (cache / "mnist-explorer" / "mnist").iterdir()) == sorted([TRAIN_IMAGES, TRAIN_LABELS])
 
 def test_offline_names_partial_folder(isolated):
   make_files(isolated / "data" / "mnist")
@@ -189,7 +213,7 @@ def test_download_interrupted_leaves_nothing(isolated, monkeypatch):
   monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: Broken(b""))
   msg = expect_error("data/mnist", val_size=10)
   assert "download failed (timed out)" in msg
-  assert list((isolated / "cache" / "mnist-explorer" / "mnist").iterdir()) == []
+  assert not (isolated / "cache" / "mnist-explorer").exists()  # no half file, no empty folder
 
 # *** real data (provided in CI; skipped on a clone without it) ***
 

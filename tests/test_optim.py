@@ -92,7 +92,13 @@ def test_rmsprop_textbook_first_step():
   g = W_GRADS[0].astype(np.float64)
   np.testing.assert_allclose(ours[0][0], W_INIT - 0.01 * g / (np.sqrt(0.01) * np.abs(g) + 1e-8), rtol=1e-5)
 
-# *** against torch.optim, when torch happens to be installed (not a dependency) ***
+# *** against torch.optim: a test dependency (./setup.sh --test installs it), never one of the product ***
+
+def require_torch():
+  try: import torch
+  except ImportError: pytest.fail("torch is missing: these tests compare the optimizers with torch.optim; run ./setup.sh --test "
+                                  "(or pip install -e '.[test]'), which installs it")
+  return torch
 
 TORCH_CASES = [("adamw", {"wd": 0.1, "beta1": 0.8, "beta2": 0.99}, "AdamW", dict(weight_decay=0.1, betas=(0.8, 0.99))),
                ("adam", {"wd": 0.1}, "Adam", dict(weight_decay=0.1)),
@@ -103,7 +109,7 @@ TORCH_CASES = [("adamw", {"wd": 0.1, "beta1": 0.8, "beta2": 0.99}, "AdamW", dict
 
 @pytest.mark.parametrize("name,hyper,torch_name,torch_kw", TORCH_CASES, ids=[f"{c[2]}-{'-'.join(c[1]) or 'defaults'}" for c in TORCH_CASES])
 def test_matches_torch(name, hyper, torch_name, torch_kw):
-  torch = pytest.importorskip("torch")
+  torch = require_torch()
   lr = 0.05
   ours = run_ours(name, [W_INIT, B_INIT], [W_GRADS, B_GRADS], lr, **hyper)
   tp = [torch.tensor(W_INIT, requires_grad=True), torch.tensor(B_INIT, requires_grad=True)]

@@ -258,7 +258,8 @@ def test_regenerate_and_empty(tmp_path):
   assert write_reports(tmp_path) == []
   write_records(tmp_path, [make_record("solo", "solo", "baseline", 0.96)])
   first = write_reports(tmp_path, warn=lambda w: pytest.fail(w))
-  assert write_reports(tmp_path) == first  # regenerating rewrites the same files
+  # regenerating rewrites the markdown and CSV; the figures of runs that did not change are not drawn again
+  assert write_reports(tmp_path) == [p for p in first if p.suffix != ".png"]
   assert "single seed: no noise estimate" in (tmp_path / "mlp.md").read_text()
 
 
@@ -291,11 +292,12 @@ def test_redraw_only_the_named_suites(tmp_path):
   kept = tmp_path / "other-mnist" / "plots" / "mlp" / "b.png"
   kept_cnn = tmp_path / "plots" / "cnn" / "k.png"
   redrawn = tmp_path / "plots" / "mlp" / "a.png"
-  for figure in (kept, kept_cnn, redrawn): figure.write_bytes(b"old figure")
+  old = PNG + b"old figure" + b"\0\0\0\0IEND\xaeB`\x82"  # a whole PNG file, as far as the check for truncation goes
+  for figure in (kept, kept_cnn, redrawn): figure.write_bytes(old)
   write_reports(tmp_path, warn=lambda w: None, redraw={("experiments", "mnist", "mlp")})
-  assert kept.read_bytes() == b"old figure", "another suite's existing figure is kept"
-  assert kept_cnn.read_bytes() == b"old figure", "the other model's existing figure is kept"
-  assert redrawn.read_bytes().startswith(b"\x89PNG"), "the named suite's figure is drawn again"
+  assert kept.read_bytes() == old, "another suite's existing figure is kept"
+  assert kept_cnn.read_bytes() == old, "the other model's existing figure is kept"
+  assert redrawn.read_bytes() != old and redrawn.read_bytes().startswith(PNG), "the named suite's figure is drawn again"
   assert "b" in (tmp_path / "other-mnist" / "mlp.md").read_text(), "its markdown is still regenerated"
 
 
@@ -303,7 +305,7 @@ def test_speed_note_says_which_runs_had_the_kernel_search_and_threads():
   from explorer.report import speed_note
   assert speed_note([{"beam": 0, "threads": 1}, {}]) == "", "plain one-thread runs need no note"
   note = speed_note([{"beam": 2, "threads": 2}, {"beam": 0, "threads": 1}, {"beam": 2, "threads": 2}])
-  assert note == " · kernel search none: 1 runs, --beam 2: 2 runs · CPU threads per kernel 1: 1 runs, 2: 2 runs"
+  assert note == " · kernel search none: 1 run, --beam 2: 2 runs · CPU threads per kernel 1: 1 run, 2: 2 runs"
 
 
 def test_groups_follow_the_experiments_file_not_the_training_order():
@@ -330,3 +332,79 @@ def test_a_report_that_cannot_be_written_is_one_line_and_the_runs_stay(tmp_path,
   text = console.export_text()
   assert "report failed (ModuleNotFoundError" in text and "runs are safe" in text and "mnist_explorer.py report" in text
   assert list((tmp_path / "runs" / "experiments" / "mnist" / "mlp").glob("a.*.json"))
+
+
+def test_figures_are_redrawn_only_when_what_they_show_changed(tmp_path, monkeypatch):
+  """`report` takes seconds for what changed: a figure whose runs (or the plotting code) did not change is kept; a run
+  that changed redraws its own figure and its category's; a figure replaced by hand is drawn again."""
+  write_records(tmp_path, [make_record("a", "a", "c", 0.90), make_record("b", "b", "c", 0.80, order=1)])
+  figures = tmp_path / "plots" / "mlp"
+  first = [p.name for p in write_reports(tmp_path, warn=pytest.fail) if p.suffix == ".png"]
+  assert sorted(first) == ["a.png", "b.png", "category-c.png"]
+  kept = []
+  assert [p for p in write_reports(tmp_path, kept=kept) if p.suffix == ".png"] == []
+  assert sorted(p.name for p in kept) == sorted(first)
+  write_records(tmp_path, [make_record("b", "b", "c", 0.85, order=1)])  # b trained again
+  assert sorted(p.name for p in write_reports(tmp_path) if p.suffix == ".png") == ["b.png", "category-c.png"]
+  (figures / "a.png").write_bytes(b"not the figure")
+  assert [p.name for p in write_reports(tmp_path) if p.suffix == ".png"] == ["a.png"]
+  assert (figures / "a.png").read_bytes()[:8] == PNG
+  monkeypatch.setattr(report, "PLOT_CODE", "changed plotting code")
+  assert len([p for p in write_reports(tmp_path) if p.suffix == ".png"]) == 3
+
+
+def lr_study():
+  """A learning-rate category without the baseline's LR, a combo category that changes the LR with other keys, and a
+  duration run that is the same configuration as one combo run except for the LR."""
+  return [make_record("baseline", "baseline", "baseline", 0.925, order=0),
+          make_record("lr-5e-4", "lr-5e-4", "learning_rate", 0.914, lr_max=5e-4, order=1),
+          make_record("lr-2e-3", "lr-2e-3", "learning_rate", 0.939, lr_max=2e-3, order=2),
+          make_record("lr-3e-3", "lr-3e-3", "learning_rate", 0.945, lr_max=3e-3, order=3),
+          make_record("steps-1000", "steps-1000", "duration", 0.979, steps=1000, order=4),
+          make_record("combo-a", "combo-a", "combo", 0.979, lr_max=2e-3, batch=256, steps=500, order=5),
+          make_record("combo-b", "combo-b", "combo", 0.977, lr_max=8e-4, steps=1000, order=6)]
+
+
+def fake_figure(path: Path) -> Path:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(b"a figure that was not drawn")
+  return path
+
+
+def test_an_lr_sweep_takes_only_runs_that_differ_in_the_learning_rate(tmp_path, monkeypatch):
+  drawn = {}
+  def lr_plot(series, diverged, path, title):
+    drawn[path.name] = (series, title)
+    return fake_figure(path)
+  monkeypatch.setattr(report.plots, "lr_plot", lr_plot)
+  write_records(tmp_path, lr_study())
+  write_reports(tmp_path, warn=pytest.fail)
+  (label, lrs, means, stds, names), = drawn["lr-learning_rate.png"][0]
+  assert lrs == [5e-4, 1e-3, 2e-3, 3e-3], "the baseline at 1e-3 (another category, same configuration) fills the hole"
+  assert names == ["", "baseline", "", ""] and label == ""
+  assert means == pytest.approx([91.4, 92.5, 93.9, 94.5])
+  (_, lrs, _, _, names), = drawn["lr-combo.png"][0]
+  assert lrs == [8e-4, 1e-3] and names == ["", "steps-1000 (duration)"], "combo-a changes batch and steps too: left out"
+  assert "lr-duration.png" not in drawn and "lr-baseline.png" not in drawn, "categories with one LR get no sweep"
+  assert drawn["lr-learning_rate.png"][1] == "MLP · learning_rate: final validation accuracy vs peak learning rate"
+
+
+def test_figures_mark_measured_points_label_every_swept_value_and_share_one_title_style(tmp_path, monkeypatch):
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  figures = {}
+  monkeypatch.setattr(report.plots, "_save", lambda fig, path: figures.setdefault(path.name, fig) and fake_figure(path))
+  write_records(tmp_path, lr_study())
+  write_reports(tmp_path, warn=pytest.fail)
+  overlay = figures["category-learning_rate.png"]
+  acc = overlay.axes[0]
+  assert len(acc.lines) == 3 and all(line.get_marker() == "o" for line in acc.lines), "each validation point is marked"
+  assert all(t.get_fontsize() >= 8 for t in acc.get_legend().get_texts()), "a legend one can read"
+  sweep = figures["lr-learning_rate.png"]
+  FigureCanvasAgg(sweep).draw()
+  ax = sweep.axes[0]
+  assert [t.get_text() for t in ax.get_xticklabels()] == ["0.0005", "0.001", "0.002", "0.003"], "3e-3 has its label too"
+  assert [t.get_text() for t in ax.texts] == ["baseline"], "the configuration from another category is named"
+  titles = [f.get_suptitle() for f in figures.values() if f.get_suptitle()] + \
+           [t for f in figures.values() for a in f.axes for t in (a.get_title(), a.get_xlabel(), a.get_ylabel()) if t]
+  assert titles and all(t[0].isupper() for t in titles), [t for t in titles if not t[0].isupper()]
+  assert overlay.get_suptitle() == "MLP · learning_rate: runs overlaid"

@@ -299,3 +299,27 @@ def test_cpu_threads_defaults_and_one_thread_block(monkeypatch):
   with cpu_threads.one_thread(): assert cpu_threads.threads() == 1
   assert cpu_threads.threads() == 2
   assert cpu_threads.set_threads(1) == 1
+
+
+def test_compile_and_kernel_search_time_is_kept_out_of_training_time(tiny_data, monkeypatch):
+  """A BEAM search happens inside the calls that compile a step. Here a fake one (a second of sleep in each call that
+  compiles or captures the train or eval step, no real search) must land in compile_s, not in train_s or eval_s, and
+  be announced before it starts; a second run of the same shape compiles nothing."""
+  import time
+  from explorer.train import Trainer as T
+  real = T._compile_call
+  def slow_search(self, jit, *args):
+    time.sleep(1.0)
+    return real(self, jit, *args)
+  monkeypatch.setattr(T, "_compile_call", slow_search)
+  trainer, events = Trainer(), []
+  trainer.on_compile = lambda step, seconds: events.append((step, seconds))
+  cfg = make_config("mlp", {**TINY_MLP, "width": 24, "steps": 6, "eval_every": 3}, "t")
+  r = trainer.run(cfg, tiny_data)
+  assert r["compile_s"] >= 4.0, "train step compile + capture, eval step compile + capture"
+  assert r["train_s"] < 2.0 and r["eval_s"] < 1.0, (r["train_s"], r["eval_s"])
+  assert r["setup_s"] + r["compile_s"] + r["train_s"] <= r["wall_s"]
+  assert [e[0] for e in events] == ["train step", "train step", "eval step", "eval step"]
+  assert events[0][1] is None and events[1][1] >= 1.0, "announced before, with its time after"
+  again = trainer.run(with_overrides(cfg, {"lr_max": 2e-3}, "t"), tiny_data)
+  assert again["compile_s"] == 0 and len(events) == 4, "the same shape replays: nothing compiled or announced"
