@@ -16,14 +16,6 @@ LEGEND_MAX = 12
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
-def safe_path(root: Path, *parts: str) -> Path:
-  """root/parts, refusing anything that resolves outside root (names come from records, which can be hand-edited)."""
-  root = Path(root).resolve()
-  path = root.joinpath(*parts).resolve()
-  if path == root or not path.is_relative_to(root): raise ValueError(f"refusing to write {path}: outside {root}")
-  return path
-
-
 def _save(fig: Figure, path: Path) -> Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=DPI)

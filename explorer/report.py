@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 import numpy as np
 from tabulate import tabulate
-from explorer import plots
+from explorer import plots, store
 from explorer.config import NAME_RE
 from explorer.store import METRIC_KEYS, load_records
 
@@ -334,7 +334,7 @@ class Plotter:
     self.used.add(filename)
     rel = f"plots/{self.model}/{filename}"
     try:
-      path = plots.safe_path(self.folder, "plots", self.model, filename)
+      path = store.safe_path(self.folder, "plots", self.model, filename)
       if not self.redraw and path.exists(): return rel
       self.written.append(draw(path))
       return rel
@@ -596,16 +596,16 @@ def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None,
       others = [m for m in sorted(models, key=model_order) if m != model]
       text, pngs, summary = model_report(folder, suite, dataset, model, models[model], others, note,
                                          redraw is None or (suite, dataset, model) in redraw)
-      md = plots.safe_path(folder, f"{model}.md")
+      md = store.safe_path(folder, f"{model}.md")
       md.write_text(text)
-      written += [md, write_csv(plots.safe_path(folder, f"{model}.csv"), models[model]), *pngs]
+      written += [md, write_csv(store.safe_path(folder, f"{model}.csv"), models[model]), *pngs]
       summaries.append(summary)
       rel = md.relative_to(results_dir.resolve()).as_posix()
       best = summary["best"]
       index_rows.append([f"{suite} / {dataset}", f"[{label(model)}]({rel})", summary["runs"], summary["configs"],
                          code(best.name) if best else "—", pct(best.stat("test_acc")) if best else "—"])
     if len(summaries) > 1:
-      path = plots.safe_path(folder, "comparison.md")
+      path = store.safe_path(folder, "comparison.md")
       path.write_text(comparison(suite, dataset, summaries))
       written.append(path)
       index_rows.append([f"{suite} / {dataset}", f"[comparison]({path.relative_to(results_dir.resolve()).as_posix()})", "", "", "", ""])
@@ -618,7 +618,7 @@ def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None,
     lines += ["## Skipped records and warnings", ""] + [f"- {cell(w)}" for w in warnings] + [""]
   if records or warnings:
     results_dir.mkdir(parents=True, exist_ok=True)
-    index = plots.safe_path(results_dir, "index.md")
+    index = store.safe_path(results_dir, "index.md")
     index.write_text("\n".join(lines))
     written.append(index)
   return written

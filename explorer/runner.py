@@ -1,7 +1,7 @@
 """Runs a planned suite: claim each run, skip finished ones, train with live progress, store the record, build reports.
 Ctrl-C/SIGTERM: the interrupted run is recorded as interrupted, finished runs stay, reports are rebuilt, exit 130."""
 from __future__ import annotations
-import math, os, platform, signal, socket, subprocess, sys, time, traceback
+import math, os, signal, subprocess, sys, time, traceback
 from importlib.metadata import version
 from pathlib import Path
 from rich.console import Console
@@ -9,6 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from explorer.config import RunSpec, describe
 from explorer.data import load_dataset
 from explorer.errors import UserError
+from explorer.machine import host_name
 from explorer import store
 
 
@@ -21,7 +22,7 @@ def make_record(spec: RunSpec, suite: str, result: dict | None, status: str, err
     "capped_from": spec.capped_from, "position": spec.position, "config": spec.config.to_dict(), "status": status, "error": error,
     "metrics": {k: result[k] for k in store.METRIC_KEYS if k in result}, "history": result.get("history", {}),
     **{k: result.get(k) for k in ("params", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "steps_done", "device")}, "beam": beam, "threads": threads,
-    "tinygrad_version": version("tinygrad"), "code_version": CODE_VERSION, "dataset": spec.config.dataset, "host": platform.node() or socket.gethostname(),
+    "tinygrad_version": version("tinygrad"), "code_version": CODE_VERSION, "dataset": spec.config.dataset, "host": host_name(),
     "started_at": started_at, "finished_at": store.now_iso(),
   }
 

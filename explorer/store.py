@@ -5,11 +5,12 @@ Layout: <results>/runs/<suite>/<dataset>/<model>/<name>.json   the record (temp 
 A claim whose process is gone (killed, even with SIGKILL) is stale: the next explorer recognises it, says so and
 takes the run over. Two explorers on one folder never train the same run twice: the claim is taken before training."""
 from __future__ import annotations
-import errno, json, os, socket, tempfile, time
+import errno, json, os, tempfile, time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from explorer.errors import UserError
+from explorer.machine import host_name
 
 SCHEMA = 1
 # the metrics a run record holds (runner writes them, report reads them)
@@ -25,10 +26,12 @@ def run_dir(results: Path, suite: str, dataset: str, model: str) -> Path:
   return Path(results) / "runs" / suite / dataset / model
 
 
-def safe_child(folder: Path, name: str) -> Path:
-  """folder/name, refusing anything that would resolve outside folder (names come from user configs)."""
-  path = (folder / name).resolve()
-  if path.parent != folder.resolve(): raise UserError(f"refusing to write {name!r}: it would leave {folder}")
+def safe_path(root: Path, *parts: str) -> Path:
+  """root/parts, refusing anything that resolves outside root (names come from configs and from records, which can be
+  hand-edited)."""
+  root = Path(root).resolve()
+  path = root.joinpath(*parts).resolve()
+  if path == root or not path.is_relative_to(root): raise UserError(f"refusing to write {path}: it would leave {root}")
   return path
 
 
@@ -72,7 +75,7 @@ def _pid_alive(pid: int) -> bool:
 
 def claim_is_stale(info: dict) -> bool:
   """A claim is stale when its process is gone. On another host we cannot tell: trust it for 24 hours."""
-  if info.get("host") == socket.gethostname(): return not _pid_alive(int(info.get("pid", -1)))
+  if info.get("host") == host_name(): return not _pid_alive(int(info.get("pid", -1)))
   return time.time() - float(info.get("time", 0)) > 24 * 3600
 
 
@@ -85,8 +88,8 @@ def read_claim(path: Path) -> dict | None:
 def try_claim(folder: Path, name: str, config_hash: str) -> Claim | None:
   """Atomically claim a run. None when a live explorer holds it. A stale claim is taken over (and reported)."""
   folder.mkdir(parents=True, exist_ok=True)
-  path = safe_child(folder, name + ".claim")
-  info = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "started_at": now_iso(), "config_hash": config_hash}
+  path = safe_path(folder, name + ".claim")
+  info = {"pid": os.getpid(), "host": host_name(), "time": time.time(), "started_at": now_iso(), "config_hash": config_hash}
   stale = None
   for _ in range(3):
     try:
@@ -112,7 +115,7 @@ def release(claim: Claim) -> None:
 
 def record_path(results: Path, suite: str, dataset: str, model: str, name: str) -> Path:
   folder = run_dir(results, suite, dataset, model)
-  return safe_child(folder, name + ".json")
+  return safe_path(folder, name + ".json")
 
 
 def read_record(path: Path) -> dict | None:
