@@ -87,7 +87,7 @@ class Rng:
     num = math.prod(shape)  # one 32-bit word per float32
     step = Tensor([num, 0], dtype=dtypes.uint32, device=self.key.device)
     self.counter.assign(self.counter + step)
-    # like tinygrad's _next_counter: read back after the assign (the low word wraps after 2**32 draws)
+    # as tinygrad's own Tensor.rand counts: read back after the assign (the low word wraps after 2**32 draws)
     bits = Tensor.random_bits(self.key, self.counter - step, num)
     # tinygrad's own Tensor.rand from these bits, written with public ops (the same graph: UOp for UOp):
     # 23 random mantissa bits under the exponent of 1.0 give a float in [1, 2); minus 1
