@@ -257,7 +257,7 @@ def test_cpu_threads_run_kernel_pieces_at_once_and_train_bit_identically(model, 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_fast_replay_trains_bit_identically_to_tinygrads_jit_call(model, tiny_data):
-  """explorer.replay calls the captured kernels from a plan instead of through tinygrad's JIT: same numbers, and it
+  """explorer.fastpath.replay calls the captured kernels from a plan instead of through tinygrad's JIT: same numbers, and it
   really served the calls, including a second run of the same shape (weights re-initialized in place)."""
   from explorer.fastpath import replay
   if not fastpath.active(): pytest.skip("the CPU fast path is not installed (EXPLORER_STOCK=1 or not the CPU device)")

@@ -39,7 +39,7 @@ def check() -> None:
 
 
 def _search_wrapped_by(mark: str) -> bool:
-  """Whether a wrapper marked so is around tinygrad's beam_search (explorer.cpu_threads adds one that splits)."""
+  """Whether a wrapper marked so is around tinygrad's beam_search (explorer.fastpath.cpu_threads adds one that splits)."""
   fn = search.beam_search
   while fn is not None:
     if getattr(fn, mark, False): return True
