@@ -1,4 +1,5 @@
-"""Small layers whose weights are re-initialized in place from a numpy seed, so one compiled step serves many runs."""
+"""Small layers whose weights are re-initialized in place from a numpy seed, so one compiled step serves many runs
+(tinygrad.nn's layers draw their weights once, lazily, from the global RNG: a new run would need a new capture)."""
 from __future__ import annotations
 import math
 import numpy as np
