@@ -45,6 +45,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--threads", type=int, metavar="N",
                  help="CPU threads per explorer process for tinygrad's kernels (default: the cores divided by --workers, "
                       "at most tinygrad's NUM_CPU_THREADS split); 1 is tinygrad's own one-thread execution")
+  p.add_argument("--stock", action="store_true",
+                 help="run stock tinygrad: none of the CPU fast path (explorer/fastpath: replay, kernel threads, lowered-kernel "
+                      "disk cache); the same numbers, slower (env EXPLORER_STOCK=1)")
   p.add_argument("--list", action="store_true", help="print the resolved runs and exit without training")
   p.add_argument("-v", "--verbose", action="store_true",
                  help="print each run's whole configuration (default: only the keys that differ from the defaults); "
@@ -57,8 +60,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def threads_per_process(args: argparse.Namespace) -> int:
-  from explorer.cpu_threads import default_threads
-  return args.threads or default_threads(args.workers)
+  from explorer import fastpath
+  if not fastpath.active(): return 1  # stock tinygrad runs a kernel's pieces one after another
+  return args.threads or fastpath.default_threads(args.workers)
+
+
+def install_fastpath(args: argparse.Namespace, console) -> None:
+  """The CPU fast path, installed once at start-up (each --workers helper process installs its own), or stock tinygrad."""
+  from explorer import fastpath
+  notice = fastpath.install(stock=bool(args.stock))
+  if notice: print(notice, file=sys.stderr)
+  elif not fastpath.active(): console.print(f"tinygrad: {fastpath.status}")
 
 
 def plan(args: argparse.Namespace) -> list[RunSpec]:
@@ -172,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   check_tinygrad_env()
   device = check_backend()
+  install_fastpath(args, console)
   from explorer.store import check_results_folder, now_iso, study_id
   check_results_folder(results)
   datasets = load_data(specs, args.data_dir)

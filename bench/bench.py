@@ -21,9 +21,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from explorer.config import load_toml, make_config, one_off_spec, suite_specs  # noqa: E402
 from explorer.data import load_dataset, normalization  # noqa: E402
+from explorer.machine import cpu_name  # noqa: E402
 from explorer.train import batch_indices  # noqa: E402
 
-DEFAULT_DATA = os.environ.get("DATA_DIR", "/work/shared/data/mnist")
+DEFAULT_DATA = os.environ.get("DATA_DIR")  # None: the explorer's own search (./data/mnist, its cache, ...; else download)
 EXPERIMENTS = ROOT / "experiments.toml"
 WARMUP = 3  # steps 1-2 compile and capture the JIT; step 3 is the first replay (caches warm)
 
@@ -36,14 +37,6 @@ def default_config(model: str, batch: int, steps: int, experiments: Path = EXPER
 def batches(data, cfg, n: int):
   """The batches Trainer.run would draw (same indices, same order)."""
   for _, idx in zip(range(n), batch_indices(len(data.x_train), cfg.batch, cfg.seed)): yield data.x_train[idx], data.y_train[idx]
-
-
-def cpu_name() -> str:
-  try:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"): return line.split(":", 1)[1].strip()
-  except OSError: pass
-  return platform.processor() or platform.machine()
 
 
 # ---------------------------------------------------------------- tinygrad (the product's code path)
@@ -123,6 +116,8 @@ def bench_torch(torch, cfg, data, steps: int, tiny_model) -> dict:
 ONE_RUN = """import sys, time; t0 = time.perf_counter(); sys.path.insert(0, {root!r})
 from explorer.config import load_toml, suite_specs
 from explorer.data import load_dataset
+from explorer import fastpath
+assert fastpath.install(stock={stock}) is None, "the fast path did not install"
 spec = next(s for s in suite_specs(load_toml({cfg!r}), {model!r}, {cfg!r}) if s.name == {name!r})
 data = load_dataset(spec.config.dataset, {data!r})
 from explorer.train import Trainer
@@ -149,15 +144,16 @@ def suite_accuracies(results: Path, model: str) -> dict[str, float]:
   return {r["name"]: r["metrics"].get("test_acc") for r in records}
 
 
-def bench_suite(model: str, data_dir: str, modes: list[str], beam: int, workers: int, threads: int | None) -> tuple[list[tuple[str, int, float]], dict]:
+def bench_suite(model: str, data_dir: str | None, modes: list[str], beam: int, workers: int, threads: int | None,
+                stock: bool = False) -> tuple[list[tuple[str, int, float]], dict]:
   """Wall time of the whole default suite: the CLI in one process, the CLI with --workers, one CLI process per category,
   one fresh process per configuration; and each run's test accuracy per way (they must agree)."""
-  from explorer.cpu_threads import default_threads
+  from explorer.fastpath import default_threads
   env = {**os.environ, "JIT": "1"}
   specs = suite_specs(load_toml(EXPERIMENTS), model, EXPERIMENTS)
   categories = list(dict.fromkeys(s.category for s in specs))
-  cli = [sys.executable, str(ROOT / "mnist_explorer.py"), model, "--data-dir", data_dir, "--rerun", "--config", str(EXPERIMENTS),
-         "--beam", str(beam)] + (["--threads", str(threads)] if threads else [])
+  cli = [sys.executable, str(ROOT / "mnist_explorer.py"), model, "--rerun", "--config", str(EXPERIMENTS), "--beam", str(beam)] \
+    + (["--threads", str(threads)] if threads else []) + (["--data-dir", data_dir] if data_dir else []) + (["--stock"] if stock else [])
   out, accs = [], {}
   with tempfile.TemporaryDirectory(prefix="bench-suite-") as tmp:
     if "one" in modes:
@@ -186,7 +182,7 @@ def bench_suite(model: str, data_dir: str, modes: list[str], beam: int, workers:
       t, accs[mode] = 0.0, {}
       for s in specs:
         code = ONE_RUN.format(root=str(ROOT), cfg=str(EXPERIMENTS), model=model, name=s.name, data=data_dir, beam=beam,
-                              threads=threads or default_threads(1))
+                              threads=threads or default_threads(1), stock=stock)
         wall, stdout = run_timed([sys.executable, "-c", code], {**env, "EXPLORER_PROGRAM_CACHE": cache})
         t += wall
         name, acc = stdout.split("ACC", 1)[1].split()
@@ -212,8 +208,10 @@ def parse_args(argv):
   p.add_argument("--threads", type=int, default=0,
                  help="CPU threads per kernel, as the explorer's --threads (default 0: its default, cores / processes)")
   p.add_argument("--replay", action=argparse.BooleanOptionalAction, default=True,
-                 help="replay captured steps from a plan (explorer/replay.py); --no-replay: tinygrad's own JIT call")
-  p.add_argument("--data-dir", default=DEFAULT_DATA, help=f"MNIST IDX folder (default {DEFAULT_DATA}, env DATA_DIR)")
+                 help="replay captured steps from a plan (explorer/fastpath/replay.py); --no-replay: tinygrad's own JIT call")
+  p.add_argument("--stock", action="store_true", help="stock tinygrad: none of explorer/fastpath, as the explorer's --stock")
+  p.add_argument("--data-dir", default=DEFAULT_DATA, help="MNIST IDX folder (env DATA_DIR; default: the explorer's own search, "
+                                                          "else download)")
   args = p.parse_args(argv)
   args.models = [m.strip() for m in args.models.split(",") if m.strip()]
   args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
@@ -225,16 +223,16 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   from importlib.metadata import version
   from tinygrad import Device
-  from tinygrad.helpers import NUM_CPU_THREADS
+  from explorer import fastpath
   from explorer.train import Trainer
+  if notice := fastpath.install(stock=args.stock): print(notice, file=sys.stderr)
   torch = None
   if args.torch:
     try: import torch  # noqa: F811  (optional: never a dependency of the product)
     except ImportError: print("# torch not importable: timing tinygrad only", file=sys.stderr)
     if torch and args.torch_threads > 0: torch.set_num_threads(args.torch_threads)
   data = load_dataset("mnist", args.data_dir)
-  from explorer.cpu_threads import default_threads
-  trainer = Trainer(beam=args.beam, threads=args.threads or default_threads(1), fast_replay=args.replay)
+  trainer = Trainer(beam=args.beam, threads=args.threads or fastpath.default_threads(1), fast_replay=args.replay)
   rows = []
   for model in args.models:
     for b in args.batches:
@@ -251,8 +249,8 @@ def main(argv=None) -> int:
 
   dev = Device.DEFAULT
   print(f"**Device** {dev} (tinygrad {version('tinygrad')}, JIT={os.environ.get('JIT')}, renderer "
-        f"{type(Device[dev].renderer).__name__}, NUM_CPU_THREADS={NUM_CPU_THREADS.value}, --beam {args.beam}, "
-        f"--threads {trainer.threads}, {'--replay' if args.replay else '--no-replay'})"
+        f"{type(Device[dev].renderer).__name__}, NUM_CPU_THREADS={fastpath.kernel_pieces()}, --beam {args.beam}, "
+        f"--threads {trainer.threads}, {'--replay' if args.replay else '--no-replay'}; {fastpath.status})"
         + (f"; **torch** {torch.__version__}, {torch.get_num_threads()} threads" if torch else "; torch not timed")
         + f"; **CPU** {cpu_name()}, {os.cpu_count()} logical cores; Python {platform.python_version()}.  ")
   print(f"Median of {args.steps} steps after {WARMUP} warm-up steps (IQR in brackets); first step = trace + compile; "
@@ -271,7 +269,8 @@ def main(argv=None) -> int:
 
   if args.suite:
     model = args.models[0]
-    results, accs = bench_suite(model, args.data_dir, [m.strip() for m in args.suite_modes.split(",")], args.beam, args.workers, args.threads)
+    results, accs = bench_suite(model, args.data_dir, [m.strip() for m in args.suite_modes.split(",")], args.beam, args.workers, args.threads,
+                                args.stock)
     print(f"\nDefault `{model}` suite wall time (JIT=1, --beam {args.beam}, fresh results folder, --rerun):\n")
     print("| how | processes | wall s | speed-up vs fresh processes | vs fresh processes lowering again |\n| --- | ---: | ---: | ---: | ---: |")
     bases = [next((t for name, _, t in results if name == label), None) for label in (FRESH, FRESH_COLD)]
@@ -286,4 +285,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  from explorer.errors import UserError
+  try: raise SystemExit(main())
+  except UserError as e: raise SystemExit(f"error: {e}")

@@ -1,5 +1,5 @@
 """The preallocated-input feed (memcpy into two buffers the JIT captured) gives the same losses as Tensor(np) per step."""
-import sys
+import os, sys
 from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))
@@ -7,9 +7,11 @@ import numpy as np
 from tinygrad import Tensor, dtypes
 from bench import default_config, batches
 from explorer.data import load_dataset
+from explorer import fastpath
+fastpath.install()  # the product's CPU fast path, as the CLI installs it
 from explorer.train import Trainer
 cfg = default_config("mlp", 128, 12)
-data = load_dataset("mnist", "/work/shared/data/mnist")
+data = load_dataset("mnist", os.environ.get("DATA_DIR"))
 bs = list(batches(data, cfg, 12))
 tr = Trainer(); c = tr.prepare(cfg); tr.reset(c, cfg)
 a = [c.train_step(Tensor(x), Tensor(y)).item() for x, y in bs]

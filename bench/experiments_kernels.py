@@ -5,14 +5,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if os.environ.get("_INNER"):
   sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))
-  from tinygrad.helpers import Context
+  from tinygrad import Context
   from bench import default_config, batches
   from explorer.data import load_dataset
+  from explorer import fastpath
+  fastpath.install()  # the product's CPU fast path, as the CLI installs it
   from explorer.train import Trainer
   model, b = sys.argv[1], int(sys.argv[2])
   cfg = default_config(model, b, 10)
   tr = Trainer(beam=int(os.environ.get("EXPLORER_BEAM", 0)), threads=int(os.environ.get("EXPLORER_THREADS", 1))); c = tr.prepare(cfg); tr.reset(c, cfg)
-  data = load_dataset("mnist", "/work/shared/data/mnist")
+  data = load_dataset("mnist", os.environ.get("DATA_DIR"))
   for i, (x, y) in enumerate(batches(data, cfg, 6)):
     if i == 5: print("=====MARK", flush=True)
     with Context(DEBUG=2 if i == 5 else 0): tr.train_batch(c, x, y)

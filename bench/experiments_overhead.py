@@ -1,5 +1,5 @@
 """Where the time of one product train step goes outside the kernels: input creation, JIT call, .item()."""
-import sys, time
+import os, sys, time
 from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))
@@ -7,10 +7,12 @@ import numpy as np
 from tinygrad import Tensor, Device
 from bench import default_config, batches
 from explorer.data import load_dataset
+from explorer import fastpath
+fastpath.install()  # the product's CPU fast path, as the CLI installs it
 from explorer.train import Trainer
 model, B = (sys.argv[1] if len(sys.argv) > 1 else "mlp"), int(sys.argv[2]) if len(sys.argv) > 2 else 128
 cfg = default_config(model, B, 40)
-data = load_dataset("mnist", "/work/shared/data/mnist")
+data = load_dataset("mnist", os.environ.get("DATA_DIR"))
 tr = Trainer(); c = tr.prepare(cfg); tr.reset(c, cfg)
 bs = list(batches(data, cfg, 40))
 for x, y in bs[:3]: c.train_step(Tensor(x), Tensor(y)).item()

@@ -10,9 +10,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))
 import numpy as np
 from tinygrad import Tensor, TinyJit, Variable, dtypes
-from tinygrad.helpers import Context
+from tinygrad import Context
 from bench import default_config, batches, WARMUP
 from explorer.data import load_dataset, normalization
+from explorer import fastpath
+fastpath.install()  # the product's CPU fast path, as the CLI installs it
 from explorer.train import Trainer, Schedule, OPT_HYPER
 from explorer.optim import make_optimizer
 from models import build_model, buffers, parameters, reset_model
@@ -22,7 +24,7 @@ model_name = sys.argv[2] if len(sys.argv) > 2 else "mlp"
 B = int(sys.argv[3]) if len(sys.argv) > 3 else 128
 STEPS = int(sys.argv[4]) if len(sys.argv) > 4 else 25
 cfg = default_config(model_name, B, WARMUP + STEPS)
-data = load_dataset("mnist", "/work/shared/data/mnist")
+data = load_dataset("mnist", os.environ.get("DATA_DIR"))
 mean, std = normalization("mnist")
 
 if variant == "nocontig":  # patch the model code path: activation output not made contiguous

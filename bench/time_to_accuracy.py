@@ -29,18 +29,20 @@ def main() -> None:
   p.add_argument("--every", type=int, default=100, help="steps between test evaluations")
   p.add_argument("--beam", type=int, default=0, help="the explorer's --beam N for the compiled steps (default 0)")
   p.add_argument("--threads", type=int, default=0, help="CPU threads per kernel (default 0: the explorer's default, all cores)")
-  p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared/data/mnist")))
+  p.add_argument("--data-dir", default=os.environ.get("DATA_DIR"), help="MNIST IDX folder (default: the explorer's own search)")
+  p.add_argument("--stock", action="store_true", help="stock tinygrad: none of explorer/fastpath, as the explorer's --stock")
   args = p.parse_args()
   values = dict(TUNED_CNN) if args.model == "cnn" else {}
   values.update(kv.split("=", 1) for kv in args.set)
   cfg = make_config(args.model, values, "bench")
   data = load_dataset(cfg.dataset, args.data_dir)
-  from explorer.cpu_threads import default_threads
-  trainer = Trainer(beam=args.beam, threads=args.threads or default_threads(1))
+  from explorer import fastpath
+  if notice := fastpath.install(stock=args.stock): print(notice, file=sys.stderr)
+  trainer = Trainer(beam=args.beam, threads=args.threads or fastpath.default_threads(1))
   c = trainer.prepare(cfg)
   trainer.reset(c, cfg)
   train_s, reached = 0.0, None
-  print(f"device {Device.DEFAULT} · --beam {args.beam} · --threads {trainer.threads} · {cfg}")
+  print(f"device {Device.DEFAULT} · {fastpath.status} · --beam {args.beam} · --threads {trainer.threads} · {cfg}")
   for step, idx in zip(range(1, cfg.steps + 1), batch_indices(len(data.x_train), cfg.batch, cfg.seed)):
     t0 = time.perf_counter()
     trainer.train_batch(c, data.x_train[idx], data.y_train[idx])

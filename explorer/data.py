@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from explorer.errors import UserError
+from explorer.fastpath import tinygrad_download, tinygrad_downloads_dir  # where tinygrad's fetch() keeps files
 
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
@@ -51,18 +52,11 @@ def _cache_home() -> Path:
 
 def cache_dir(name: str) -> Path: return _cache_home() / "mnist-explorer" / name
 
-def _tinygrad_downloads_dir() -> Path:
-  # mirrors tinygrad.helpers._ensure_downloads_dir without importing tinygrad (or running its sudo mkdir)
-  if Path("/etc/tinybox-release").is_file(): return Path("/raid/downloads")
-  return _cache_home() / "tinygrad" / "downloads"
-
 def _folder_candidates(folder: Path) -> dict[str, list[Path]]:
   return {f: [folder / f, folder / f.removesuffix(".gz")] for f in FILES}  # gzipped or already un-gzipped
 
 def _tinygrad_candidates(name: str) -> dict[str, list[Path]]:
-  # tinygrad's fetch(url, gunzip=True) stores the un-gzipped bytes as <md5 of url>.gunzip
-  dl = _tinygrad_downloads_dir()
-  return {f: [dl / (hashlib.md5((BASE_URLS[name] + f).encode()).hexdigest() + ".gunzip")] for f in FILES}
+  return {f: [tinygrad_download(BASE_URLS[name] + f, _cache_home())] for f in FILES}
 
 def _pick(candidates: dict[str, list[Path]]) -> dict[str, Path | None]:
   return {f: next((p for p in paths if p.is_file()), None) for f, paths in candidates.items()}
@@ -70,7 +64,7 @@ def _pick(candidates: dict[str, list[Path]]) -> dict[str, Path | None]:
 def _search_locations(name: str) -> list[tuple[Path, dict[str, list[Path]]]]:
   locs = [(Path("data") / name, _folder_candidates(Path("data") / name)),
           (cache_dir(name), _folder_candidates(cache_dir(name))),
-          (_tinygrad_downloads_dir(), _tinygrad_candidates(name))]
+          (tinygrad_downloads_dir(_cache_home()), _tinygrad_candidates(name))]
   if name == "fashion": locs.append((DEBIAN_FASHION_DIR, _folder_candidates(DEBIAN_FASHION_DIR)))
   return locs
 

@@ -10,9 +10,8 @@ Tensor.realize(*opt.step(lr)). Between runs: opt.set_hyper(...); opt.reset(); re
 """
 from __future__ import annotations
 from tinygrad import Tensor, dtypes
-from tinygrad.helpers import dedup
+from explorer.config import OPTIMIZERS
 
-OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "lamb", "muon")
 NS_STEPS, NS_COEFFICIENTS = 5, (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic Newton-Schulz iteration
 
 
@@ -26,7 +25,7 @@ class Optimizer:
   defaults: dict[str, float] = {}
 
   def __init__(self, params: list[Tensor], **hyper: float):
-    self.params: list[Tensor] = dedup(list(params))
+    self.params: list[Tensor] = list(dict.fromkeys(params))  # each tensor once, in order
     if not self.params: raise ValueError(f"{type(self).__name__} needs at least one parameter")
     self.device = self.params[0].device
     self._check_names(hyper)
@@ -153,7 +152,7 @@ class Muon(Optimizer):
 
   def __init__(self, params: list[Tensor], hidden_matrices: list[Tensor] | None = None, **hyper: float):
     super().__init__(params, **hyper)
-    hidden = dedup(list(hidden_matrices or []))
+    hidden = list(dict.fromkeys(hidden_matrices or []))
     if not hidden: raise ValueError("muon needs at least one hidden weight matrix")
     ids = {id(p) for p in self.params}
     for w in hidden:

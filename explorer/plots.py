@@ -20,14 +20,6 @@ ANNOTATE_MAX = 8  # an LR sweep names up to this many of its points (the configu
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
-def safe_path(root: Path, *parts: str) -> Path:
-  """root/parts, refusing anything that resolves outside root (names come from records, which can be hand-edited)."""
-  root = Path(root).resolve()
-  path = root.joinpath(*parts).resolve()
-  if path == root or not path.is_relative_to(root): raise ValueError(f"refusing to write {path}: outside {root}")
-  return path
-
-
 def is_complete_png(path: Path) -> bool:
   """A whole PNG file: its signature at the start and the IEND chunk at the end."""
   try:

@@ -3,9 +3,10 @@
 A record is one JSON file per trained run (see store.py for where it lives). Reading checks every field's type: a record
 that fails is skipped with one warning naming its file, so a hand-edited or damaged record never crashes a report."""
 from __future__ import annotations
-import math, platform, re, socket
+import math, re
 from importlib.metadata import version
 from typing import Any
+from explorer.machine import host_name
 
 SCHEMA = 1
 STATUSES = ("done", "diverged", "interrupted", "failed")
@@ -48,7 +49,7 @@ def make(spec, suite: str, result: dict | None, status: str, error: str | None, 
     "metrics": {k: result[k] for k in METRIC_KEYS if k in result}, "history": result.get("history", {}),
     **{k: result.get(k) for k in ("params", *TIMING_KEYS, "steps_done", "device")}, "beam": beam, "threads": threads,
     "tinygrad_version": version("tinygrad"), "code_version": code_version, "dataset": cfg.dataset,
-    "host": platform.node() or socket.gethostname(), "study_file": study_file, "started_at": started_at, "finished_at": finished_at,
+    "host": host_name(), "study_file": study_file, "started_at": started_at, "finished_at": finished_at,
   }
 
 

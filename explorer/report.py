@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 import numpy as np
 from tabulate import tabulate
-from explorer import plots
-from explorer import record
+from explorer import plots, record, store
 from explorer.record import METRIC_KEYS
 from explorer.store import load_records, write_atomic, write_json_atomic, write_text_atomic
 from explorer.text import plural
@@ -325,7 +324,7 @@ class Plotter:
   def __init__(self, folder: Path, model: str, warn: Callable[[str], None], redraw: bool = True):
     self.folder, self.model, self.warn, self.written, self.kept, self.used = folder, model, warn, [], [], set()
     self.redraw = redraw  # False: keep figures that already exist (their runs did not change)
-    self.stamps_path = plots.safe_path(folder, "plots", model, STAMPS)
+    self.stamps_path = store.safe_path(folder, "plots", model, STAMPS)
     try: self.stamps = json.loads(self.stamps_path.read_text())
     except (OSError, ValueError): self.stamps = {}
     if not isinstance(self.stamps, dict): self.stamps = {}
@@ -339,7 +338,7 @@ class Plotter:
     self.used.add(filename)
     rel = f"plots/{self.model}/{filename}"
     try:
-      path = plots.safe_path(self.folder, "plots", self.model, filename)
+      path = store.safe_path(self.folder, "plots", self.model, filename)
       if not self.redraw and plots.is_complete_png(path): return rel  # (a truncated one from an older version: drawn again)
       stamp = hashlib.sha256(json.dumps([PLOT_CODE, filename, inputs], sort_keys=True, default=str).encode()).hexdigest()[:24]
       if path.exists() and self.stamps.get(filename) == [stamp, *_file_id(path)]:
@@ -667,8 +666,8 @@ def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None, 
                                            redraw is None or (suite, dataset, model) in redraw, variant,
                                            models[model]["earlier"] if not variant else None, bool(models[model][QUICK]))
         stem = report_stem(model, variant)
-        md = write_text_atomic(plots.safe_path(folder, f"{stem}.md"), text)
-        written += [md, write_csv(plots.safe_path(folder, f"{stem}.csv"), runs), *pngs]
+        md = write_text_atomic(store.safe_path(folder, f"{stem}.md"), text)
+        written += [md, write_csv(store.safe_path(folder, f"{stem}.csv"), runs), *pngs]
         if not variant: summaries.append(summary)
         if kept is not None: kept += summary["kept"]
         rel = md.relative_to(results_dir.resolve()).as_posix()
@@ -677,7 +676,7 @@ def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None, 
         index_rows.append([f"{suite} / {dataset}", f"[{kind}]({rel})", summary["runs"], summary["configs"],
                            code(best.name) if best else "—", pct(best.stat("test_acc")) if best else "—"])
     if len(summaries) > 1:
-      path = write_text_atomic(plots.safe_path(folder, "comparison.md"), comparison(suite, dataset, summaries))
+      path = write_text_atomic(store.safe_path(folder, "comparison.md"), comparison(suite, dataset, summaries))
       written.append(path)
       index_rows.append([f"{suite} / {dataset}", f"[comparison]({path.relative_to(results_dir.resolve()).as_posix()})", "", "", "", ""])
   lines = ["# mnist-explorer results", "", "One report per suite, dataset and model (regenerate with `python mnist_explorer.py report`).", ""]
@@ -689,7 +688,7 @@ def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None, 
     lines += ["## Skipped records and warnings", ""] + [f"- {cell(w)}" for w in warnings] + [""]
   if records or warnings:
     results_dir.mkdir(parents=True, exist_ok=True)
-    written.append(write_text_atomic(plots.safe_path(results_dir, "index.md"), "\n".join(lines)))
+    written.append(write_text_atomic(store.safe_path(results_dir, "index.md"), "\n".join(lines)))
   return written
 
 

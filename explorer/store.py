@@ -10,12 +10,13 @@ finished run. Two study files with the same file name get two study folders (the
 A claim records its owner's host, boot and process start time, so an explorer that died (even with SIGKILL, even when its
 PID was reused since) is recognised; a claim that cannot be read or has the wrong shape is stale too (with a warning)."""
 from __future__ import annotations
-import errno, hashlib, json, os, re, socket, tempfile, time
+import errno, hashlib, json, os, re, tempfile, time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from explorer.errors import UserError
 from explorer import record as rec
+from explorer.machine import host_name
 
 STUDY_MARKER = "study.json"
 LEGACY_SUFFIX = ".json"  # records of explorer versions before the config hash was part of the file name
@@ -25,10 +26,12 @@ TEMP_RE = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")  # .<file>.<pid>.<random>.tmp
 def now_iso() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def safe_child(folder: Path, name: str) -> Path:
-  """folder/name, refusing anything that would resolve outside folder (names come from user configs and records)."""
-  path = (Path(folder) / name).resolve()
-  if path.parent != Path(folder).resolve(): raise UserError(f"refusing to write {name!r}: it would leave {folder}")
+def safe_path(root: Path, *parts: str) -> Path:
+  """root/parts, refusing anything that resolves outside root (names come from configs and from records, which can be
+  hand-edited)."""
+  root = Path(root).resolve()
+  path = root.joinpath(*parts).resolve()
+  if path == root or not path.is_relative_to(root): raise UserError(f"refusing to write {path}: it would leave {root}")
   return path
 
 
@@ -147,7 +150,7 @@ def run_dir(results: Path, suite: str, dataset: str, model: str) -> Path:
 
 
 def record_path(results: Path, suite: str, dataset: str, model: str, name: str, config_hash: str) -> Path:
-  return safe_child(run_dir(results, suite, dataset, model), f"{name}.{config_hash}.json")
+  return safe_path(run_dir(results, suite, dataset, model), f"{name}.{config_hash}.json")
 
 
 def read_record(path: Path) -> dict | None:
@@ -161,7 +164,7 @@ def find_record(results: Path, suite: str, dataset: str, model: str, name: str, 
   """The record of this exact configuration, also from an older explorer's <name>.json."""
   found = read_record(record_path(results, suite, dataset, model, name, config_hash))
   if found is not None: return found
-  legacy = read_record(safe_child(run_dir(results, suite, dataset, model), name + LEGACY_SUFFIX))
+  legacy = read_record(safe_path(run_dir(results, suite, dataset, model), name + LEGACY_SUFFIX))
   return legacy if legacy is not None and legacy.get("config_hash") == config_hash else None
 
 
@@ -226,7 +229,7 @@ def _pid_alive(pid: int) -> bool:
 
 def owner_info() -> dict:
   pid = os.getpid()
-  return {"pid": pid, "host": socket.gethostname(), "boot_id": _boot_id(), "start_ticks": _start_ticks(pid), "time": time.time(),
+  return {"pid": pid, "host": host_name(), "boot_id": _boot_id(), "start_ticks": _start_ticks(pid), "time": time.time(),
           "started_at": now_iso()}
 
 
@@ -243,7 +246,7 @@ def claim_is_stale(info) -> bool:
   """Stale: garbage, or its process is gone (another boot, a dead pid, or a pid now used by another process). On another
   host we cannot tell: trusted for 24 hours."""
   if claim_problem(info): return True
-  if info["host"] != socket.gethostname(): return time.time() - info["time"] > 24 * 3600
+  if info["host"] != host_name(): return time.time() - info["time"] > 24 * 3600
   boot = _boot_id()
   if info.get("boot_id") and boot and info["boot_id"] != boot: return True
   pid, ticks = info["pid"], info.get("start_ticks")
@@ -275,7 +278,7 @@ def try_claim(folder: Path, stem: str, config_hash: str, warn=None) -> Claim | N
   claim is taken over (and reported through warn)."""
   folder = Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
-  path = safe_child(folder, stem + ".claim")
+  path = safe_path(folder, stem + ".claim")
   stale = None
   for _ in range(5):
     try:

@@ -5,12 +5,11 @@ import math, time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 import numpy as np
-from tinygrad import Device, Tensor, TinyJit, dtypes
-from tinygrad.dtype import _to_np_dtype
-from tinygrad.helpers import Context
+from tinygrad import Context, Device, Tensor, TinyJit, dtypes
 from explorer.config import RunConfig
 from explorer.data import Dataset, normalization
-from explorer import cpu_threads, program_cache, replay, stop
+from explorer import fastpath, stop
+from explorer.fastpath import read_scalar, write_input
 from explorer.errors import UserError
 from explorer.optim import DEFAULTS as OPTIMIZER_DEFAULTS, Optimizer, make_optimizer
 from models import build_model, buffers, count_parameters, parameters, reset_model
@@ -77,27 +76,6 @@ class Compiled:
   inputs: dict[str, Tensor] = field(default_factory=dict)  # preallocated batch buffers: x/y for training, ex/ey for eval
 
 
-def write_input(t: Tensor, a: np.ndarray) -> Tensor:
-  """Copy a host batch into a preallocated device buffer (the copy tinygrad's own realize does), instead of building a
-  new Tensor per step: saves an allocation and a schedule per input (2-3 ms of a 20 ms CPU step). The device is idle
-  here (each step ends by reading its loss), so nothing still reads the old contents."""
-  buf = t.uop.buffer.ensure_allocated()
-  buf.allocator._copyin(buf._buf, memoryview(np.require(a, _to_np_dtype(buf.dtype), ["C", "W"])).cast("B"))
-  return t
-
-
-def read_scalar(t: Tensor) -> float:
-  """t.item() for a realized one-element tensor, read straight from its buffer: .item() builds and runs a copy graph
-  each time (0.5 ms, a tenth of the MLP step on the CPU)."""
-  buf = t.uop.buffer
-  if buf.size != 1: return t.item()
-  out = np.empty(1, _to_np_dtype(buf.dtype))
-  # the allocator's copy-out is what .item()'s copy graph ends in; it waits for the device first
-  try: buf.allocator._copyout(memoryview(out).cast("B"), buf.ensure_allocated()._buf)
-  except NotImplementedError: return t.item()
-  return out[0].item()
-
-
 def batch_indices(n_images: int, batch: int, seed: int) -> Iterator[np.ndarray]:
   """Endless batches of image indices: a seeded shuffle, cut in order, reshuffled each epoch (a partial last batch is
   dropped, so every step has the compiled shape)."""
@@ -117,12 +95,11 @@ class Trainer:
     # BEAM kernel search for the two compiled steps only (not every one-off kernel, as the BEAM env var would);
     # tinygrad caches the result on disk, so only the first run of a shape on a machine pays for the search
     self.beam = beam
-    # tinygrad splits big CPU kernels into pieces but runs them one after another: explorer.cpu_threads runs them at once
-    self.threads = cpu_threads.set_threads(threads) if self.device.split(":")[0] == "CPU" else 1
-    # a captured step replays its kernels straight from a plan (explorer.replay), not through tinygrad's JIT call
+    # the CPU fast path (explorer.fastpath, installed by the CLI): kernel pieces on several threads, captured steps
+    # replayed from a plan; on stock tinygrad one thread and tinygrad's own JIT call
+    self.threads = fastpath.set_threads(threads) if self.device.split(":")[0] == "CPU" else 1
     self.fast_replay = fast_replay
-    # kernels lowered by an earlier process are read from disk instead of lowered again (explorer.program_cache)
-    program_cache.install()
+    self.calls: dict[Callable, int] = {}  # calls per compiled step
     # seconds spent in the calls that compile (and, with --beam, search) and capture the steps: kept out of training time
     self.compile_s = 0.0
     # on_compile(step name, None) before such a call and (name, seconds) after it: a kernel search can take minutes
@@ -131,9 +108,10 @@ class Trainer:
   def _call(self, jit: Callable, *args: Tensor):
     # a TinyJit compiles on its first call and captures on its second: search then; later calls replay (and without
     # --beam, tinygrad's own BEAM env var keeps its global meaning)
-    if getattr(jit, "cnt", 0) > 1: return replay.call(jit, *args) if self.fast_replay else jit(*args)
+    n = self.calls[jit] = self.calls.get(jit, 0) + 1
+    if n > 2: return fastpath.call(jit, *args) if self.fast_replay else jit(*args)
     # the first call compiles (and searches), the second captures: announce the first, time both
-    announce, name = self.on_compile and getattr(jit, "cnt", 0) == 0, getattr(getattr(jit, "fxn", None), "__name__", "step").replace("_", " ")
+    announce, name = self.on_compile and n == 1, getattr(getattr(jit, "fxn", None), "__name__", "step").replace("_", " ")
     if announce: self.on_compile(name, None)
     t0 = time.perf_counter()
     try: return self._compile_call(jit, *args)
@@ -143,7 +121,7 @@ class Trainer:
 
   def _compile_call(self, jit: Callable, *args: Tensor):
     if not self.beam: return jit(*args)
-    with Context(BEAM=self.beam), cpu_threads.one_thread(): return jit(*args)
+    with Context(BEAM=self.beam), fastpath.one_thread(): return jit(*args)
 
   def prepare(self, cfg: RunConfig) -> Compiled:
     key = cfg.shape_key()

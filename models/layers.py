@@ -1,9 +1,9 @@
-"""Small layers whose weights are re-initialized in place from a numpy seed, so one compiled step serves many runs."""
+"""Small layers whose weights are re-initialized in place from a numpy seed, so one compiled step serves many runs
+(tinygrad.nn's layers draw their weights once, lazily, from the global RNG: a new run would need a new capture)."""
 from __future__ import annotations
 import math
 import numpy as np
 from tinygrad import Tensor, dtypes
-from tinygrad.helpers import ceildiv, prod
 
 
 def _param(*shape: int) -> Tensor:
@@ -33,7 +33,7 @@ class Conv2d:
     self.weight, self.bias, self.padding = _param(c_out, c_in, kernel, kernel), _param(c_out), kernel // 2
 
   def reset(self, rng: np.random.Generator) -> None:
-    bound = 1 / math.sqrt(prod(self.weight.shape[1:]))
+    bound = 1 / math.sqrt(math.prod(self.weight.shape[1:]))
     _assign(self.weight, rng.uniform(-bound, bound, self.weight.shape))
     _assign(self.bias, rng.uniform(-bound, bound, self.bias.shape))
 
@@ -85,11 +85,14 @@ class Rng:
 
   def rand(self, *shape: int) -> Tensor:
     """uniform [0, 1) floats; advances the counter in the graph so each step draws new numbers."""
-    num = ceildiv(prod(shape) * 4, 4)
+    num = math.prod(shape)  # one 32-bit word per float32
     step = Tensor([num, 0], dtype=dtypes.uint32, device=self.key.device)
     self.counter.assign(self.counter + step)
-    # like tinygrad's _next_counter: read back after the assign (the low word wraps after 2**32 draws)
-    return Tensor._rand(self.key, self.counter - step, shape, dtypes.float32)
+    # as tinygrad's own Tensor.rand counts: read back after the assign (the low word wraps after 2**32 draws)
+    bits = Tensor.random_bits(self.key, self.counter - step, num)
+    # tinygrad's own Tensor.rand from these bits, written with public ops (the same graph: UOp for UOp):
+    # 23 random mantissa bits under the exponent of 1.0 give a float in [1, 2); minus 1
+    return bits.bitcast(dtypes.uint32).rshift(9).bitwise_or(0x3F800000).bitcast(dtypes.float32)[:num].sub(1).reshape(shape).contiguous()
 
 
 def dropout(x: Tensor, p: float, rng: Rng, training: bool, per_channel: bool = False) -> Tensor:

@@ -20,6 +20,15 @@ def make_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   return x, y
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fast_path():
+  """Tests that build a Trainer themselves run on the CPU fast path, as the CLI installs it at start-up (EXPLORER_STOCK=1
+  runs them on stock tinygrad; tests/test_fastpath.py compares the two)."""
+  from explorer import fastpath
+  notice = fastpath.install()
+  assert notice is None, notice
+
+
 @pytest.fixture(scope="session")
 def tiny_data() -> Dataset:
   x, y = make_digits(3000, 0)

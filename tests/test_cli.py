@@ -198,7 +198,8 @@ def test_a_signal_between_handing_out_kernel_pieces_and_counting_them_back_does_
 import os, signal, sys
 import numpy as np
 from tinygrad import Tensor
-from explorer import cpu_threads, stop
+from explorer import stop
+from explorer.fastpath import cpu_threads
 stop.install()
 cpu_threads.set_threads(2)
 cpu_threads.MIN_PARALLEL_S = 0.0
@@ -273,7 +274,7 @@ def test_workers_share_one_suite_and_rerun_trains_each_once(tmp_path, data_dir):
     assert trained == 4, f"{args}: each run trained exactly once, got {trained}"
     assert "already finished" not in r.stdout, "runs a helper trained in this command are not 'already finished (skipped)'"
     assert set(records(tmp_path)) == {"baseline", "lr-high", "lr-low", "batch-8"}
-    from explorer.cpu_threads import default_threads
+    from explorer.fastpath.cpu_threads import default_threads
     assert {r["threads"] for r in records(tmp_path).values()} == {default_threads(2)}, "the cores are shared between the processes"
 
 

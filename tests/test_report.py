@@ -2,7 +2,8 @@ import csv, json, math, re
 from pathlib import Path
 import numpy as np
 import pytest
-from explorer import report
+from explorer import report, store
+from explorer.errors import UserError
 from explorer.report import Stat, axis_swings, make_groups, stat, summary_table, verdict, within_noise, write_reports
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -272,7 +273,7 @@ def test_hostile_names_never_leave_the_folder(tmp_path):
   write_reports(tmp_path, warn=warnings.append)
   assert any("invalid name" in w for w in warnings)
   assert not (tmp_path.parent / "escape.png").exists()
-  with pytest.raises(ValueError): report.plots.safe_path(tmp_path, "plots", "..", "..", "x.png")
+  with pytest.raises(UserError): store.safe_path(tmp_path, "plots", "..", "..", "x.png")
 
 
 def test_summary_table(built):

@@ -4,10 +4,11 @@ import itertools, math
 import numpy as np
 import pytest
 from tinygrad import Tensor
-from explorer import cpu_threads
+from explorer import fastpath
+from explorer.fastpath import cpu_threads
 from explorer.config import KEYS, make_config, with_overrides
 from explorer.errors import UserError
-from explorer.train import Schedule, Trainer, batch_indices, lr_at, write_input
+from explorer.train import Schedule, Trainer, batch_indices, lr_at
 from models import build_model, count_parameters, reset_model
 from models.augment import random_affine
 from models.layers import Norm, Rng
@@ -224,7 +225,7 @@ def test_beam_searches_the_compiled_steps_and_trains_the_same(tiny_data, monkeyp
   """--beam N: tinygrad's kernel search runs for the train and eval steps (not for a plain run), and the searched
   kernels compute the same training up to float summation order. The first run searches (~1 min here); tinygrad's
   disk cache makes later ones fast."""
-  import tinygrad.codegen.opt.search as search
+  from explorer.fastpath.cpu_threads import search
   monkeypatch.setenv("EXPLORER_PROGRAM_CACHE", "0")  # lower the kernels here, not read them from an earlier process
   searched = []
   real = search.beam_search
@@ -242,9 +243,7 @@ def test_beam_searches_the_compiled_steps_and_trains_the_same(tiny_data, monkeyp
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_cpu_threads_run_kernel_pieces_at_once_and_train_bit_identically(model, tiny_data, monkeypatch):
   """--threads 2: the pieces tinygrad splits a CPU kernel into run on a pool thread too; the numbers do not change."""
-  from tinygrad import Device
-  from tinygrad.helpers import NUM_CPU_THREADS
-  if Device.DEFAULT != "CPU" or NUM_CPU_THREADS.value < 2: pytest.skip("needs tinygrad's CPU device with NUM_CPU_THREADS >= 2")
+  if not fastpath.active() or fastpath.kernel_pieces() < 2: pytest.skip("needs the CPU fast path with NUM_CPU_THREADS >= 2")
   monkeypatch.setattr(cpu_threads, "MIN_PARALLEL_S", 0.0)  # split even the small kernels of these tiny models
   cfg = make_config(model, {**(TINY_MLP if model == "mlp" else TINY_CNN), "steps": 5, "eval_every": 5, "dropout": 0.1}, "t")
   one = Trainer(threads=1).run(cfg, tiny_data)
@@ -258,9 +257,10 @@ def test_cpu_threads_run_kernel_pieces_at_once_and_train_bit_identically(model, 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_fast_replay_trains_bit_identically_to_tinygrads_jit_call(model, tiny_data):
-  """explorer.replay calls the captured kernels from a plan instead of through tinygrad's JIT: same numbers, and it
+  """explorer.fastpath.replay calls the captured kernels from a plan instead of through tinygrad's JIT: same numbers, and it
   really served the calls, including a second run of the same shape (weights re-initialized in place)."""
-  from explorer import replay
+  from explorer.fastpath import replay
+  if not fastpath.active(): pytest.skip("the CPU fast path is not installed (EXPLORER_STOCK=1 or not the CPU device)")
   cfg = make_config(model, {**(TINY_MLP if model == "mlp" else TINY_CNN), "steps": 6, "eval_every": 3, "dropout": 0.1}, "t")
   plain = Trainer(fast_replay=False).run(cfg, tiny_data)
   before = replay.stats["replayed"]
@@ -275,10 +275,10 @@ def test_fast_replay_trains_bit_identically_to_tinygrads_jit_call(model, tiny_da
 
 def test_fast_replay_falls_back_to_tinygrad_for_other_input_buffers():
   from tinygrad import TinyJit
-  from explorer import replay
+  from explorer.fastpath import buffers, replay
   w = Tensor.ones(4, 4).contiguous().realize()
   step = TinyJit(lambda x: (x @ w).relu().sum().realize())
-  def buffer(values: np.ndarray) -> Tensor: return write_input(Tensor.zeros(4, 4).contiguous().realize(), values)
+  def buffer(values: np.ndarray) -> Tensor: return buffers.write_input(Tensor.zeros(4, 4).contiguous().realize(), values)
   x = buffer(np.arange(16, dtype=np.float32).reshape(4, 4))
   for _ in range(3): want = replay.call(step, x).item()
   before = replay.stats["replayed"]
@@ -289,7 +289,7 @@ def test_fast_replay_falls_back_to_tinygrad_for_other_input_buffers():
 
 
 def test_cpu_threads_defaults_and_one_thread_block(monkeypatch):
-  from tinygrad.helpers import NUM_CPU_THREADS
+  NUM_CPU_THREADS = cpu_threads.NUM_CPU_THREADS
   monkeypatch.setattr(cpu_threads, "available_cores", lambda: 8)
   monkeypatch.setattr(NUM_CPU_THREADS, "value", 8)
   assert [cpu_threads.default_threads(w) for w in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]

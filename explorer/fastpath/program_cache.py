@@ -15,32 +15,31 @@ Off with EXPLORER_PROGRAM_CACHE=0, or tinygrad's CACHELEVEL=0 (which turns off a
 read with DEBUG>=4 (tinygrad prints each kernel's source while lowering it) or IGNORE_BEAM_CACHE=1 (BEAM searches
 again; what it finds replaces the stored programs)."""
 from __future__ import annotations
-import functools, hashlib, os, pickle, platform, zlib
+import functools, hashlib, os, pickle, zlib
 from tinygrad import codegen
 from tinygrad.engine import realize
 from tinygrad.helpers import DEBUG, IGNORE_BEAM_CACHE, diskcache_get, diskcache_put
 from tinygrad.codegen.opt import search
+from explorer.machine import cpu_name
 
 TABLE = "mnist_explorer_program_z"  # zlib-compressed pickles: a lowered program is ~25 KB raw, ~7 KB packed
 stats = {"disk_hits": 0, "disk_writes": 0, "stale": 0}  # tests check them
 _searches: list[tuple[dict, object]] = []  # BEAM choices made while lowering the current kernel: (beam cache key, opts)
 
 
-def _host() -> str:
-  """The CPU model: the binaries are built for this machine's CPU (-march=native), and a home folder can be shared."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"): return line.split(":", 1)[1].strip()
-  except OSError: pass
-  return platform.processor() or platform.machine()
+HOST = cpu_name()  # the binaries are built for this machine's CPU (-march=native), and a home folder can be shared
 
 
-HOST = _host()
+def check() -> None:
+  from explorer.fastpath import require
+  require(codegen, "to_program_cache")
+  require(realize, "to_program_cache")
+  if not isinstance(codegen.to_program_cache, dict) or realize.to_program_cache is not codegen.to_program_cache:
+    raise TypeError("tinygrad's to_program_cache is no longer one dict shared by codegen and realize")
 
 
 def _search_wrapped_by(mark: str) -> bool:
-  """Whether a wrapper marked so is around tinygrad's beam_search (explorer.cpu_threads adds one that splits)."""
+  """Whether a wrapper marked so is around tinygrad's beam_search (explorer.fastpath.cpu_threads adds one that splits)."""
   fn = search.beam_search
   while fn is not None:
     if getattr(fn, mark, False): return True
@@ -112,7 +111,6 @@ class DiskBackedPrograms(dict):
 
 def install() -> None:
   """Swap the disk-backed dict in for tinygrad's (both modules hold the name); what is already lowered is kept."""
-  if not _search_wrapped_by("records"): search.beam_search = _recording(search.beam_search)
   if isinstance(codegen.to_program_cache, DiskBackedPrograms): return
-  programs = DiskBackedPrograms(codegen.to_program_cache)
-  codegen.to_program_cache = realize.to_program_cache = programs
+  if not _search_wrapped_by("records"): search.beam_search = _recording(search.beam_search)
+  codegen.to_program_cache = realize.to_program_cache = DiskBackedPrograms(codegen.to_program_cache)

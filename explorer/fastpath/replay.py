@@ -7,16 +7,23 @@ so all of that can be worked out once. A plan holds, per kernel of the captured 
 sizes, and the replay calls them in order: the same programs on the same buffers, so the results are bit-identical.
 
 Only for CPU programs without symbolic sizes; anything else (another device, DEBUG>=2 timings, a JIT not captured
-yet, other input buffers) goes through tinygrad's own call."""
+yet or never captured as with JIT=0, other input buffers) goes through tinygrad's own call."""
 from __future__ import annotations
 from dataclasses import dataclass
-from tinygrad import Tensor
-from tinygrad.engine.jit import _prepare_jit_inputs
+from tinygrad import Tensor, TinyJit
+from tinygrad.engine.jit import CapturedJit, _prepare_jit_inputs
 from tinygrad.engine.realize import get_runtime, resolve_params, unwrap_multi
 from tinygrad.helpers import DEBUG, to_tuple
 from tinygrad.uop.ops import Ops
 
 stats = {"replayed": 0}  # calls served by a plan (tests check it)
+
+
+def check() -> None:
+  from explorer.fastpath import require
+  require(TinyJit(lambda: None), "cnt", "captured")
+  require(CapturedJit, "_written_uops", "linear", "__dataclass_fields__")
+  if "ret" not in CapturedJit.__dataclass_fields__: raise AttributeError("CapturedJit has no ret")
 
 
 @dataclass
@@ -48,7 +55,7 @@ def make_plan(jit, args: tuple[Tensor, ...]) -> Plan | None:
 
 def call(jit, *args: Tensor):
   """jit(*args), replayed from a plan where one applies."""
-  if getattr(jit, "cnt", 0) < 2 or DEBUG >= 2: return jit(*args)
+  if getattr(jit, "cnt", 0) < 2 or jit.captured is None or DEBUG >= 2: return jit(*args)  # captured: None with JIT=0
   plan = getattr(jit, "_replay_plan", None)
   if plan is None or plan.captured is not jit.captured or len(plan.inputs) != len(args) or \
      any(t.uop is not u for t, u in zip(args, plan.inputs)):

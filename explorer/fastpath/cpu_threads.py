@@ -10,12 +10,13 @@ Kernels whose first call takes under MIN_PARALLEL_S stay on the calling thread: 
 BEAM search runs with one thread (`one_thread()`), as tinygrad alone would: its choices, timed that way and cached on
 disk, were faster with threads than choices timed with threads (MLP step 6.7-7.0 vs 7.2-7.8 ms), and they stay shared."""
 from __future__ import annotations
-import contextlib, ctypes, functools, os, queue, threading, time
+import contextlib, ctypes, functools, queue, threading, time
 from tinygrad.codegen.opt import KernelOptError, Opt, OptOps, search
 from tinygrad.helpers import NUM_CPU_THREADS, prod
 from tinygrad.runtime import ops_cpu
 from tinygrad.uop.ops import AxisType
 from explorer import stop
+from explorer.machine import available_cores
 
 MIN_PARALLEL_S = 50e-6
 _sequential_call = ops_cpu.CPUProgram.__call__
@@ -25,8 +26,12 @@ _finished: queue.SimpleQueue = queue.SimpleQueue()
 stats = {"pieces_on_pool": 0}  # how many kernel pieces ran on a pool thread (tests check it)
 
 
-def available_cores() -> int:
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def check() -> None:
+  from explorer.fastpath import require
+  require(OptOps, "THREAD")
+  require(AxisType, "GLOBAL", "WEAK")
+  require(ops_cpu.CPUProgram, "__call__")
+  require(search, "beam_search")
 
 
 def default_threads(workers: int = 1) -> int:

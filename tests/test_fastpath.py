@@ -1,0 +1,167 @@
+"""explorer/fastpath against stock tinygrad, through the CLI as a user runs it: a short MLP and CNN suite gives
+bit-identical numbers with --stock; JIT=0, DEBUG=2 and an unsupported tinygrad version train the same numbers; a piece
+that fails to install leaves stock tinygrad and one notice line; no private tinygrad name outside explorer/fastpath."""
+import json, os, re, subprocess, sys
+from pathlib import Path
+import pytest
+from explorer.data import write_idx
+from tests.conftest import make_digits
+
+ROOT = Path(__file__).resolve().parents[1]
+# dropout (the device RNG), BatchNorm (running stats written by the step), two configurations of one shape (a reused
+# compiled step), an evaluation every 4 steps
+SUITE = """
+[mlp.defaults]
+width = 32
+steps = 12
+batch = 32
+eval_every = 4
+dropout = 0.2
+[[mlp.runs]]
+name = "dropout"
+category = "baseline"
+[[mlp.runs]]
+name = "dropout-lr"
+category = "learning_rate"
+lr_max = 3e-3
+[cnn.defaults]
+channels = [4, 8]
+width = 16
+steps = 8
+batch = 16
+eval_every = 4
+[[cnn.runs]]
+name = "batchnorm-dropout"
+category = "regularization"
+norm = "batch"
+dropout = 0.1
+"""
+# the CLI with tinygrad's version faked: what an upgrade to an unknown tinygrad looks like
+FAKE_VERSION = """import importlib.metadata as m, sys
+real = m.version
+m.version = lambda name: "0.99.0" if name == "tinygrad" else real(name)
+sys.argv[0] = {script!r}
+sys.path.insert(0, {root!r})
+import mnist_explorer
+mnist_explorer.cli()
+"""
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+  folder = tmp_path_factory.mktemp("idx")
+  x, y = make_digits(10_800, 0)  # 800 to train on after the 10,000 held out for validation
+  xt, yt = make_digits(300, 1)
+  for name, arr, kind in (("train-images-idx3-ubyte.gz", x, "images"), ("train-labels-idx1-ubyte.gz", y, "labels"),
+                          ("t10k-images-idx3-ubyte.gz", xt, "images"), ("t10k-labels-idx1-ubyte.gz", yt, "labels")):
+    write_idx(folder / name, arr, kind)
+  return folder
+
+
+def explorer(args: list[str], results: Path, data_dir: Path, env: dict | None = None, fake_version: bool = False):
+  (results.parent / "suite.toml").write_text(SUITE)
+  base = {k: v for k, v in os.environ.items() if k not in {"EXPLORER_STOCK", "DEBUG", "JIT", "BEAM"}}
+  full_env = {**base, "JIT": "1", **(env or {})}
+  script = str(ROOT / "mnist_explorer.py")
+  cmd = [sys.executable, "-c", FAKE_VERSION.format(script=script, root=str(ROOT))] if fake_version else [sys.executable, script]
+  cmd += [*args, "--config", str(results.parent / "suite.toml"), "--results", str(results), "--data-dir", str(data_dir)]
+  r = subprocess.run(cmd, env=full_env, cwd=results.parent, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  return r
+
+
+def numbers(results: Path) -> dict[str, tuple]:
+  """Every run's status, metrics and histories (losses, LR, val curve): what has to be bit-identical."""
+  records = [json.loads(p.read_text()) for p in results.glob("runs/*/*/*/*.json")]
+  return {r["name"]: (r["status"], r["metrics"], r["history"]) for r in records}
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory, data_dir) -> dict[str, tuple]:
+  results = tmp_path_factory.mktemp("fast") / "results"
+  r = explorer(["all"], results, data_dir)
+  assert "stock tinygrad" not in r.stdout + r.stderr
+  runs = numbers(results)
+  assert sorted(runs) == ["batchnorm-dropout", "dropout", "dropout-lr"] and {s for s, _, _ in runs.values()} == {"done"}
+  return runs
+
+
+def test_stock_tinygrad_trains_the_mlp_and_cnn_suites_bit_identically(fast, tmp_path, data_dir):
+  r = explorer(["all", "--stock"], tmp_path / "results", data_dir)
+  assert "tinygrad: stock tinygrad (--stock" in r.stdout and "notice" not in r.stderr
+  assert numbers(tmp_path / "results") == fast
+  records = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("runs/*/*/*/*.json")]
+  assert {rec["threads"] for rec in records} == {1}, "stock tinygrad runs a kernel's pieces one after another"
+
+
+def test_jit0_trains_the_same_numbers(fast, tmp_path, data_dir):
+  """JIT=0: tinygrad runs every step eagerly (no capture, so nothing to replay); slower, the same numbers."""
+  explorer(["mlp"], tmp_path / "results", data_dir, env={"JIT": "0"})
+  assert numbers(tmp_path / "results") == {k: v for k, v in fast.items() if k.startswith("dropout")}
+
+
+def test_debug2_prints_tinygrads_kernel_lines_and_trains_the_same_numbers(fast, tmp_path, data_dir):
+  r = explorer(["mlp", "--category", "baseline"], tmp_path / "results", data_dir, env={"DEBUG": "2"})
+  assert r.stdout.count("***") > 100, "tinygrad's per-kernel lines"
+  assert numbers(tmp_path / "results") == {"dropout": fast["dropout"]}
+
+
+def test_an_unsupported_tinygrad_version_is_one_notice_line_and_the_stock_path(fast, tmp_path, data_dir):
+  r = explorer(["mlp", "--category", "baseline"], tmp_path / "results", data_dir, fake_version=True)
+  notices = [line for line in r.stderr.splitlines() if line.startswith("notice:")]
+  assert notices == ["notice: the CPU fast path was written for tinygrad 0.14.0, not 0.99.0: running stock tinygrad (same numbers, slower)"]
+  assert numbers(tmp_path / "results") == {"dropout": fast["dropout"]}
+
+
+INSTALL = """import sys
+sys.path.insert(0, {root!r})
+from explorer import fastpath
+from explorer.fastpath import program_cache, replay
+{sabotage}
+notice = fastpath.install()
+print(notice)
+print(fastpath.active(), fastpath.status, type(program_cache.codegen.to_program_cache).__name__, fastpath.default_threads(1))
+"""
+
+
+@pytest.mark.parametrize("sabotage, env, notice, status", [
+  ("", {}, "None", "True CPU fast path"),
+  ("", {"EXPLORER_STOCK": "1"}, "None", "False stock tinygrad (--stock / EXPLORER_STOCK=1)"),
+  ("def renamed(): raise AttributeError('CapturedJit has no plan')\nreplay.check = renamed", {},
+   "notice: the CPU fast path could not be installed (AttributeError: CapturedJit has no plan): running stock tinygrad",
+   "False stock tinygrad (the fast path failed to install) dict 1"),
+])
+def test_install_is_all_pieces_or_none(sabotage, env, notice, status):
+  """A piece whose tinygrad internals moved (here: replay's check fails) leaves nothing installed: tinygrad's own
+  program dict, one thread, and one notice line."""
+  r = subprocess.run([sys.executable, "-c", INSTALL.format(root=str(ROOT), sabotage=sabotage)], capture_output=True, text=True,
+                     timeout=120, env={**{k: v for k, v in os.environ.items() if k != "EXPLORER_STOCK"}, **env})
+  assert r.returncode == 0, r.stderr
+  first, second = r.stdout.splitlines()
+  assert first.startswith(notice) and second.startswith(status)
+
+
+def tinygrad_private_names() -> set[str]:
+  """Every _name tinygrad defines (functions, module and class attributes, self._attributes)."""
+  import tinygrad
+  names = set()
+  for f in Path(tinygrad.__file__).parent.rglob("*.py"):
+    names |= set(re.findall(r"(?:\bdef |\bself\.|^\s*)(_[A-Za-z]\w*)\s*[(:=]", f.read_text(errors="replace"), re.M))
+  return names
+
+
+def test_no_private_tinygrad_name_outside_explorer_fastpath():
+  """`grep` finds tinygrad's internals in one place: imports from tinygrad's submodules other than its public API
+  (tinygrad, tinygrad.nn) and tinygrad's _private names appear only under explorer/fastpath/ (and in this check)."""
+  files = [f for f in ROOT.rglob("*.py") if not {".venv", "fastpath", ".git"} & set(f.relative_to(ROOT).parts) and f != Path(__file__)]
+  ours = set()  # _names the project defines itself (ours to use anywhere)
+  for f in files: ours |= set(re.findall(r"(?:\bdef |\bclass |\bself\.|^\s*)(_[A-Za-z]\w*)\s*[(:=]", f.read_text(), re.M))
+  private = tinygrad_private_names() - ours
+  assert {"_rand", "_copyin", "_to_np_dtype", "_written_uops", "_prepare_jit_inputs"} <= private, "the scan finds tinygrad's names"
+  found = []
+  for f in files:
+    for n, line in enumerate(f.read_text().splitlines(), 1):
+      imports = re.search(r"\bfrom (tinygrad\.[\w.]+) import|\bimport (tinygrad\.[\w.]+)", line)
+      if imports and not (imports.group(1) or imports.group(2)).startswith("tinygrad.nn"): found.append(f"{f.relative_to(ROOT)}:{n}: {line.strip()}")
+      if used := set(re.findall(r"\b(_[A-Za-z]\w*)\b", line)) & private: found.append(f"{f.relative_to(ROOT)}:{n}: {', '.join(sorted(used))}")
+  assert not found, "\n".join(found)
