@@ -20,7 +20,8 @@ def make_record(spec: RunSpec, suite: str, result: dict | None, status: str, err
     "category": spec.category, "description": spec.description, "axes": spec.axes, "config_hash": spec.config.hash(),
     "capped_from": spec.capped_from, "position": spec.position, "config": spec.config.to_dict(), "status": status, "error": error,
     "metrics": {k: result[k] for k in store.METRIC_KEYS if k in result}, "history": result.get("history", {}),
-    **{k: result.get(k) for k in ("params", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "steps_done", "device")}, "beam": beam, "threads": threads,
+    **{k: result.get(k) for k in ("params", "wall_s", "train_s", "compile_s", "setup_s", "eval_s", "ms_per_step", "steps_done", "device",
+                                   "test_predictions")}, "beam": beam, "threads": threads,
     "tinygrad_version": version("tinygrad"), "code_version": CODE_VERSION, "dataset": spec.config.dataset, "host": platform.node() or socket.gethostname(),
     "started_at": started_at, "finished_at": store.now_iso(),
   }
@@ -44,7 +45,8 @@ def _pct(x) -> str: return "-" if x is None or (isinstance(x, float) and math.is
 
 
 def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | None, rerun_since: str | None, device: str,
-              console: Console, summary: bool = True, beam: int = 0, threads: int = 1, rebuild: bool = True) -> int:
+              console: Console, summary: bool = True, beam: int = 0, threads: int = 1, rebuild: bool = True,
+              save_weights: str = "best") -> int:
   """rerun_since: with --rerun, the start time of the command: only records finished after it count as done (so the
   worker processes of one --rerun command still share the work)."""
   from explorer.train import Trainer  # imports tinygrad: only once the inputs are known to be good
@@ -95,6 +97,7 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
           console.print(f"[dim]{traceback.format_exc(limit=3)}[/]")
         record = make_record(spec, suite, result, status, error, started_at, beam, trainer.threads)
         store.save_record(path, record)
+        if status == "done" and save_weights != "none": save_weights_of(path, record, result, save_weights, console)
         finished.append(record)
         failed += status == "failed"
         m = record["metrics"]
@@ -104,10 +107,10 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
       finally:
         store.release(claim)
   except KeyboardInterrupt:
-    if rebuild: rebuild_reports(results, console, suite, specs)
+    if rebuild: rebuild_reports(results, console, suite, specs, save_weights)
     console.print(f"[red]interrupted[/] after {len(finished)} finished runs (kept in {results}/runs)")
     raise
-  if rebuild: rebuild_reports(results, console, suite, specs)
+  if rebuild: rebuild_reports(results, console, suite, specs, save_weights)
   console.print(f"{len(finished)} trained, {skipped} already finished (skipped; --rerun to train again)"
                 + (f", {busy} held by another explorer" if busy else "") + f" · {time.perf_counter() - started_wall:.1f}s")
   if finished and summary:
@@ -142,7 +145,7 @@ def run_with_workers(argv: list[str], workers: int, specs: list[RunSpec], suite:
   finally:
     codes = [p.wait() for p, _ in children]  # Ctrl-C reaches the whole process group: they stop and record too
     for _, log in children: log.close()
-    rebuild_reports(results, console, suite, specs)
+    rebuild_reports(results, console, suite, specs, suite_args.get("save_weights", "best"))
   records = [store.read_record(store.record_path(results, suite, s.config.dataset, s.config.model, s.name)) for s in specs]
   records = [r for r in records if r]
   if records:
@@ -165,8 +168,23 @@ def train_with_progress(trainer, spec: RunSpec, data, console: Console) -> dict:
     return trainer.run(cfg, data, progress)
 
 
-def rebuild_reports(results: Path, console: Console, suite: str, specs: list[RunSpec]) -> None:
+def save_weights_of(record_path: Path, record: dict, result: dict, mode: str, console: Console) -> None:
+  """The finished run's weights next to its record; a write error is a warning (the record is kept either way)."""
+  from explorer import weights
+  path = weights.weights_path(record_path)
+  try: size = weights.save(path, result["weights"], weights.metadata(record, mode))
+  except Exception as e:  # disk full, permissions, tinygrad's disk device: the record is what matters
+    console.print(f"[yellow]weights not saved[/] ({path}: {type(e).__name__}: {getattr(e, 'strerror', None) or e}); the run's record is kept")
+    return
+  console.print(f"[dim]weights: {path} ({size / 1e6:.1f} MB)[/]")
+
+
+def rebuild_reports(results: Path, console: Console, suite: str, specs: list[RunSpec], save_weights: str = "best") -> None:
   if os.environ.get(WORKER_ENV): return  # a helper process: the main one rebuilds once all are done
+  if save_weights == "best":  # keep only the best configuration's weights of each report this suite touched
+    from explorer.weights import prune_to_best
+    try: prune_to_best(results, {(suite, s.config.dataset, s.config.model) for s in specs})
+    except Exception as e: console.print(f"[yellow]weights of non-best runs not pruned[/] ({type(e).__name__}: {e})")
   try:
     from explorer.report import write_reports  # matplotlib too: a broken install must not hide the stored runs either
     paths = write_reports(results, redraw={(suite, s.config.dataset, s.config.model) for s in specs})
