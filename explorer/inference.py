@@ -17,9 +17,14 @@ CLASSES = {"mnist": [str(i) for i in range(10)],
            "fashion": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]}
 
 
+class Parser(argparse.ArgumentParser):
+  def error(self, message: str):  # one line, exit 2 (not argparse's usage block)
+    raise UserError(f"{self.prog}: {message} (see {self.prog} -h)")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
   command = argv[0]
-  p = argparse.ArgumentParser(prog=f"mnist_explorer.py {command}", description=__doc__.split("\n\n")[0],
+  p = Parser(prog=f"mnist_explorer.py {command}", description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("run", metavar="RUN", help="run name, or the path of its record (.json) or weights (.safetensors)")
   if command == "predict":
@@ -30,10 +35,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--dataset", default=os.environ.get("DATASET"), choices=["mnist", "fashion"], help="only runs on this dataset")
   p.add_argument("--model", choices=["mlp", "cnn"], help="only runs of this model")
   p.add_argument("--data-dir", default=os.environ.get("DATA_DIR"), metavar="DIR", help="folder with the IDX files (env DATA_DIR)")
-  try: return p.parse_args(argv[1:])
-  except SystemExit as e:
-    if e.code not in (0, None): raise SystemExit(2)
-    raise
+  return p.parse_args(argv[1:])
 
 
 def find_run(args: argparse.Namespace) -> tuple[dict | None, Path]:
