@@ -68,14 +68,19 @@ def find_run(args: argparse.Namespace) -> tuple[dict | None, Path]:
   return record, weights_for_record(results, record)
 
 
-def load_run(args: argparse.Namespace):
-  """Find RUN, check its weights file, build its compiled model and load the weights: (trainer, compiled, cfg, record, meta, path)."""
-  record, path = find_run(args)
-  name = record["name"] if record else path.stem
+def run_metadata(record: dict | None, path: Path) -> dict[str, str]:
+  """The metadata of the run's weights file; a run without one is one clear error."""
   if not path.is_file():
-    raise UserError(f"run '{name}' has no saved weights ({path} does not exist): by default (--save-weights best) only the best "
-                    "configuration of each report keeps its weights; train it again with --save-weights all (e.g. --rerun --category ...)")
-  meta = read_metadata(path)
+    raise UserError(f"run '{record['name'] if record else path.stem}' has no saved weights ({path} does not exist): by default "
+                    "(--save-weights best) only the best configuration of each report keeps its weights; train it again with "
+                    "--save-weights all (e.g. --rerun --category ...)")
+  return read_metadata(path)
+
+
+def load_run(record: dict | None, path: Path):
+  """Check a run's weights file, build its compiled model and load the weights: (trainer, compiled, cfg, meta)."""
+  name = record["name"] if record else path.stem
+  meta = run_metadata(record, path)
   if record and record.get("config_hash") != meta.get("config_hash"):
     raise UserError(f"{path} holds the weights of another configuration of '{name}' (config hash {meta.get('config_hash')}, "
                     f"the record's is {record.get('config_hash')}): train the run again to save matching weights")
@@ -95,13 +100,13 @@ def load_run(args: argparse.Namespace):
   trainer.reset(c, cfg)
   check_shapes(state, {k: t.shape for k, t in model_state(c.model).items()}, path)
   trainer.load_state(c, state)
-  return trainer, c, cfg, record, meta, path
+  return trainer, c, cfg, meta
 
 
 def evaluate(argv: list[str]) -> int:
   args = parse_args(argv)
-  record, path = find_run(args)  # cheap checks first: a missing run is reported before the data is read
-  trainer, c, cfg, record, meta, path = load_run(args)
+  record, path = find_run(args)
+  trainer, c, cfg, meta = load_run(record, path)
   from explorer.data import load_dataset
   data = load_dataset(cfg.dataset, args.data_dir)
   loss, acc = trainer.evaluate(c, data.x_test, data.y_test)
@@ -147,10 +152,9 @@ def predict(argv: list[str]) -> int:
   args = parse_args(argv)
   if args.top < 1: raise UserError(f"--top must be >= 1, got {args.top}")
   record, path = find_run(args)
-  meta = read_metadata(path) if path.is_file() else {}
-  dataset = meta.get("dataset") or (record or {}).get("dataset") or "mnist"
+  dataset = run_metadata(record, path).get("dataset", "mnist")
   images, labels = read_inputs(args.inputs, dataset, args.data_dir)  # unreadable images fail before the model is built
-  trainer, c, cfg, record, meta, path = load_run(args)
+  trainer, c, cfg, meta = load_run(record, path)
   probs = trainer.predict(c, images)
   names = CLASSES[cfg.dataset]
   for item, p, label in zip(args.inputs, probs, labels):
