@@ -97,7 +97,8 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, data_dir: str | N
           console.print(f"[dim]{traceback.format_exc(limit=3)}[/]")
         record = make_record(spec, suite, result, status, error, started_at, beam, trainer.threads)
         store.save_record(path, record)
-        if status == "done" and save_weights != "none": save_weights_of(path, record, result, save_weights, console)
+        if status == "done" and save_weights != "none":  # a one-off (env vars) is one explicit run: its weights are kept
+          save_weights_of(path, record, result, "all" if spec.category == "one-off" else save_weights, console)
         finished.append(record)
         failed += status == "failed"
         m = record["metrics"]

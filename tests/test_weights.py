@@ -105,6 +105,14 @@ def test_save_weights_all_and_none(tmp_path, mnist):
   assert (run_dir(tmp_path) / "slow.safetensors").exists(), "files written with 'all' are never pruned"
 
 
+def test_a_one_off_keeps_its_weights(tmp_path, mnist):
+  (tmp_path / "study.toml").write_text(SUITE)
+  r = cli(["mlp", "--config", "study.toml"], tmp_path, STEPS="5", WIDTH="16")
+  assert r.returncode == 0, r.stdout + r.stderr
+  (path,) = run_dir(tmp_path).glob("one-off-*.safetensors")
+  assert weights.read_metadata(path)["save_weights"] == "all"
+
+
 def test_bad_inputs_are_one_line_and_exit_2(trained, tmp_path):
   (trained / "broken.png").write_bytes(b"not an image")
   good = run_dir(trained) / "good.safetensors"
