@@ -5,6 +5,8 @@
   python mnist_explorer.py cnn --category learning_rate   a subset (repeat --category for more)
   STEPS=5000 BATCH=256 LR_MAX=1e-3 ACT=silu python mnist_explorer.py mlp   one-off: the baseline with these values
   python mnist_explorer.py report                          rebuild the markdown and plots from stored runs
+  python mnist_explorer.py evaluate RUN                    reload a run's saved weights, measure its test accuracy again
+  python mnist_explorer.py predict RUN digit.png test:12   classify image files or test-set images with a run's weights
 """
 from __future__ import annotations
 import argparse, os, platform, shutil, sys
@@ -26,6 +28,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     epilog=f"Hyperparameter env vars (setting any of them runs ONE configuration: the model's baseline with them):\n{keys}\n"
            "  aliases: BS=BATCH, LR=LR_MAX\n\nDATASET=mnist|fashion runs the whole suite on that dataset (like --dataset), not a one-off.\n"
            "tinygrad's own variables keep their meaning: JIT=1, DEV=CPU|CUDA|METAL, BEAM=2, DEBUG=2.\n"
+           "Saved weights: 'mnist_explorer.py evaluate RUN' and 'mnist_explorer.py predict RUN IMAGE...' (see their -h).\n"
            "Exit codes: 0 done, 1 some runs failed, 2 bad input (nothing trained), 130 interrupted (re-run to resume).")
   p.add_argument("model", choices=[*MODELS, "all", "report"], help="which suite to run, or 'report' to rebuild reports only")
   p.add_argument("--category", action="append", default=[], metavar="NAME", help="run only this category (repeatable)")
@@ -52,6 +55,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("-v", "--verbose", action="store_true",
                  help="print each run's whole configuration (default: only the keys that differ from the defaults); "
                       "with report: every file written")
+  p.add_argument("--save-weights", choices=["best", "all", "none"], default="best",
+                 help="keep finished runs' weights as safetensors next to their records: best (default: the best configuration "
+                      "of each report), all, or none")
   try:
     return p.parse_args(argv)
   except SystemExit as e:
@@ -169,6 +175,9 @@ def load_data(specs: list[RunSpec], data_dir: str | None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
+  if argv and argv[0] in ("evaluate", "predict"):
+    from explorer.inference import main as use_weights
+    return use_weights(argv)
   args = parse_args(argv)
   from rich.console import Console
   # in a log or a pipe (no terminal) rich would assume 80 columns and cut names in tables: lines there may be long
@@ -192,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
   # --rerun: records finished before this command started do not count (helper processes get the same start time)
   rerun_since = (os.environ.get("MNIST_EXPLORER_RERUN_SINCE") or now_iso()) if args.rerun else None
   suite_args = dict(suite=study_id(results, args.config), results=results, datasets=datasets, rerun_since=rerun_since, device=device,
-                    beam=args.beam, threads=threads_per_process(args), study_file=str(Path(args.config).resolve()), verbose=args.verbose)
+                    beam=args.beam, threads=threads_per_process(args), study_file=str(Path(args.config).resolve()), verbose=args.verbose,
+                    save_weights=args.save_weights)
   if args.workers > 1 or os.environ.get(WORKER_ENV):
     # longest runs first (by images to process), so the processes finish together instead of one waiting on the last long run
     specs = sorted(specs, key=lambda s: -s.config.steps * s.config.batch * (4 if s.config.model == "cnn" else 1))

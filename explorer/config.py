@@ -29,6 +29,7 @@ class Key:
   models: tuple[str, ...] = MODELS  # which models the key applies to
   shape: bool = False  # True: changes the compiled graph; False: a scalar fed to the compiled step at run time
   lo_open: bool = False  # lo itself not allowed (e.g. lr_max > 0)
+  switch: bool = False  # only on (non-zero) or off changes the compiled graph; the value is fed at run time
 
 
 KEYS: tuple[Key, ...] = (
@@ -63,12 +64,19 @@ KEYS: tuple[Key, ...] = (
   Key("rotate", float, "augmentation: max rotation in degrees", 0, 180),
   Key("scale", float, "augmentation: max relative zoom", 0, 0.5),
   Key("shift", float, "augmentation: max shift in pixels", 0, 14),
+  Key("flip", bool, "augmentation: random horizontal flip (for Fashion-MNIST; digits are not mirror-symmetric)", shape=True),
+  Key("cutout", int, "augmentation: blank a random square of this many pixels per image (0: off)", 0, 28, switch=True),
+  Key("label_smoothing", float, "spread this much of the target probability over all classes in the training loss (0: off)", 0, 0.5,
+      switch=True),
+  Key("ema", float, "keep an exponential moving average of the weights with this decay, evaluated and saved instead of "
+      "the last weights (0: off)", 0, 0.9999, switch=True),
   Key("train_size", int, "train on the first N training images only (0: all 50,000)", 0, TRAIN_IMAGES),
   Key("eval_every", int, "steps between validation evaluations (0: steps/10, at least 50)", 0, 10_000_000),
   Key("seed", int, "random seed (weights, batches, dropout)", 0, 2**31 - 1),
   Key("dataset", str, "dataset", choices=DATASETS),
 )
 KEY_BY_NAME = {k.name: k for k in KEYS}
+LATER_KEYS = ("flip", "cutout", "label_smoothing", "ema")  # not in a run's hash while at their default (see RunConfig.hash)
 ALIASES = {"bs": "batch", "lr": "lr_max"}  # env-var and TOML shorthands
 # tinygrad's and the CLI's own variables: never hyperparameters
 NOT_HYPERPARAMETERS = {"JIT", "DEV", "BEAM", "DEBUG", "EXPERIMENTS", "RESULTS_DIR", "DATA_DIR"}
@@ -109,6 +117,10 @@ class RunConfig:
   rotate: float = 10.0
   scale: float = 0.1
   shift: float = 2.0
+  flip: bool = False
+  cutout: int = 0
+  label_smoothing: float = 0.0
+  ema: float = 0.0
   train_size: int = 0
   eval_every: int = 0
   seed: int = 0
@@ -126,7 +138,8 @@ class RunConfig:
 
   def shape_key(self) -> tuple:
     """What the compiled train step depends on; runs with equal keys reuse one compiled step."""
-    return (self.model,) + tuple(getattr(self, k.name) for k in KEYS if k.shape and self.model in k.models)
+    return (self.model,) + tuple(bool(getattr(self, k.name)) if k.switch else getattr(self, k.name)
+                                 for k in KEYS if (k.shape or k.switch) and self.model in k.models)
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
@@ -134,8 +147,10 @@ class RunConfig:
     return d
 
   def hash(self) -> str:
-    """Stable id of what is trained: same hash, same run (used to skip finished runs)."""
-    return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    """Stable id of what is trained: same hash, same run (used to skip finished runs). Keys added after the first
+    results were stored are left out while at their default, so those runs keep their hash."""
+    d = {k: v for k, v in self.to_dict().items() if not (k in LATER_KEYS and v == RunConfig.__dataclass_fields__[k].default)}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -264,6 +279,8 @@ def check_config(cfg: RunConfig, where: str) -> None:
   if cfg.beta1 >= 1 or cfg.beta2 >= 1: raise UserError(f"{where}: beta1 and beta2 must be < 1")
   if cfg.model == "mlp" and cfg.depth < 3 and any((cfg.width1, cfg.width2, cfg.width3)[cfg.depth:]):
     raise UserError(f"{where}: width{cfg.depth + 1}.. set, but depth is {cfg.depth}")
+  if cfg.ema and cfg.schedule == "plateau":
+    raise UserError(f"{where}: ema and the plateau schedule both choose the weights a run ends on: use one of them")
   if cfg.model == "cnn" and cfg.kernel % 2 == 0: raise UserError(f"{where}: kernel must be odd (same padding), got {cfg.kernel}")
 
 

@@ -214,3 +214,42 @@ def lr_plot(series: Sequence[tuple], diverged: Sequence[float], path: Path, titl
   ax.set_ylabel("Final validation accuracy (%)", fontsize=8)
   if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=LEGEND_SIZE)
   return _save(fig, path)
+
+
+def confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str) -> Path:
+  """Test-set confusion matrix: counts, rows = true class, columns = predicted; the colour is the row's share (log
+  scale), so a handful of errors stands out next to a thousand correct answers."""
+  counts = np.asarray(matrix, float)
+  share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+  fig = Figure(figsize=(5.6, 4.8))
+  ax = fig.add_subplot(1, 1, 1)
+  from matplotlib.colors import LogNorm
+  image = ax.imshow(np.maximum(share, 1e-4), cmap="Blues", norm=LogNorm(vmin=1e-4, vmax=1))
+  ticks = range(len(classes))
+  ax.set_xticks(ticks, labels=list(classes), fontsize=7, rotation=45 if max(map(len, classes)) > 2 else 0, ha="right" if max(map(len, classes)) > 2 else "center")
+  ax.set_yticks(ticks, labels=list(classes), fontsize=7)
+  ax.set_xlabel("predicted", fontsize=8)
+  ax.set_ylabel("true", fontsize=8)
+  for (i, j), v in np.ndenumerate(counts):
+    if v: ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=6, color="white" if share[i, j] > 0.3 else "black")
+  colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+  colorbar.ax.tick_params(labelsize=6)
+  colorbar.set_label("share of the true class", fontsize=7)
+  ax.set_title(title, fontsize=8)
+  fig.set_layout_engine("tight")
+  return _save(fig, path)
+
+
+def error_grid(images: np.ndarray, errors: Sequence[Sequence], classes: Sequence[str], path: Path, title: str, columns: int = 8) -> Path:
+  """The test images a model got most confidently wrong; errors: (index, true, predicted, probability) per image."""
+  n = len(errors)
+  rows = max(1, math.ceil(n / columns))
+  fig = Figure(figsize=(1.1 * columns, 1.35 * rows + 0.4))
+  for k, (index, true, pred, prob) in enumerate(errors):
+    ax = fig.add_subplot(rows, columns, k + 1)
+    ax.imshow(images[k], cmap="gray", vmin=0, vmax=255)
+    ax.set_axis_off()
+    ax.set_title(f"#{index} true {classes[true]}\npred {classes[pred]} {100 * prob:.0f}%", fontsize=6, y=1.0, pad=2)
+  fig.suptitle(title, fontsize=9)
+  fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.45 / (1.35 * rows + 0.4), hspace=0.55, wspace=0.1)
+  return _save(fig, path)

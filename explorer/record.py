@@ -29,7 +29,7 @@ FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
   **{k: ((*Num, Opt), False) for k in TIMING_KEYS}, "device": ((str, Opt), False), "beam": ((int, Opt), False),
   "threads": ((int, Opt), False), "tinygrad_version": ((str, Opt), False), "code_version": ((str, Opt), False),
   "host": ((str, Opt), False), "started_at": ((str, Opt), False), "finished_at": ((str, Opt), False),
-  "study_file": ((str, Opt), False),
+  "study_file": ((str, Opt), False), "test_predictions": ((dict, Opt), False), "attempts": ((int, Opt), False),
 }
 NAMED_FIELDS = ("suite", "model", "name", "group", "category", "dataset")
 
@@ -47,7 +47,7 @@ def make(spec, suite: str, result: dict | None, status: str, error: str | None, 
     "description": spec.description, "axes": spec.axes, "config_hash": cfg.hash(), "capped_from": spec.capped_from,
     "position": spec.position, "config": cfg.to_dict(), "status": status, "error": error,
     "metrics": {k: result[k] for k in METRIC_KEYS if k in result}, "history": result.get("history", {}),
-    **{k: result.get(k) for k in ("params", *TIMING_KEYS, "steps_done", "device")}, "beam": beam, "threads": threads,
+    **{k: result.get(k) for k in ("params", *TIMING_KEYS, "steps_done", "device", "test_predictions")}, "beam": beam, "threads": threads,
     "tinygrad_version": version("tinygrad"), "code_version": code_version, "dataset": cfg.dataset,
     "host": host_name(), "study_file": study_file, "started_at": started_at, "finished_at": finished_at,
   }

@@ -4,7 +4,7 @@ Per (suite, dataset) a folder (the results folder itself for experiments/mnist) 
 category, mean ± std over repeats, a noise-aware verdict, per-axis swings, overfit and efficiency tables), <model>.csv
 (one row per run) and plots/<model>/*.png; comparison.md when several models share the folder; index.md at the top."""
 from __future__ import annotations
-import csv, hashlib, json, math, statistics, sys
+import base64, csv, hashlib, json, math, os, statistics, sys, zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -416,6 +416,45 @@ def lr_sweep_for(plot: Plotter, category: str, groups: list[Group], all_groups: 
   return plot(f"lr-{category}.png", lambda p: plots.lr_plot(data, diverged, p, title), inputs=[data, diverged, title])
 
 
+# ---------- the best configuration's errors and weights ----------
+
+def best_model_section(plot: Plotter, best: Group, dataset: str, suite: str, results_dir: Path | None, folder: Path) -> list[str]:
+  """The confusion matrix and most confidently wrong test images of the best configuration's best seed (from the test
+  predictions its record holds), and links to the weights files it kept."""
+  from explorer.inference import CLASSES
+  lines = []
+  with_predictions = [r for r in best.done if isinstance(r.get("test_predictions"), dict)]
+  if with_predictions:
+    r = max(with_predictions, key=lambda r: value(r, "val_acc") or 0)
+    try:
+      p = r["test_predictions"]
+      matrix = np.asarray(p["confusion"], np.int64).reshape(10, 10)
+      errors = [tuple(e) for e in p["wrong"]]
+      images = np.frombuffer(zlib.decompress(base64.b64decode(p["wrong_images"])), np.uint8).reshape(len(errors), 28, 28) if errors else None
+    except (KeyError, TypeError, ValueError, zlib.error) as e:
+      plot.warn(f"test predictions of {r['name']} unreadable ({type(e).__name__}: {e}); no confusion matrix")
+    else:
+      classes = CLASSES.get(dataset, [str(i) for i in range(10)])
+      wrong = int(matrix.sum() - np.trace(matrix))
+      figures = [plot("best-confusion.png", lambda path: plots.confusion(matrix, classes, path, f"{r['name']}: test confusion matrix ({wrong} wrong of {int(matrix.sum())})"))]
+      if errors: figures.append(plot("best-errors.png", lambda path: plots.error_grid(images, errors, classes, path,
+                                                                                       f"{r['name']}: the {len(errors)} most confidently wrong test images")))
+      lines += ["## Best configuration: test errors", "",
+                f"{code(r['name'])} (test {100 * (value(r, 'test_acc') or 0):.2f}%): where its {wrong} test errors fall "
+                f"(rows: true class) and the {len(errors)} it was most sure of.", ""]
+      lines += [f"![{r['name']}: {alt}]({rel})" for alt, rel in zip(("confusion matrix", "most confidently wrong"), figures) if rel] + [""]
+  if results_dir is not None:
+    from explorer.weights import weights_for_record
+    kept = []
+    for r in best.done:
+      path = weights_for_record(results_dir, r)
+      if path.exists(): kept.append(f"[{r['name']}.safetensors]({os.path.relpath(path, folder.resolve())}) ({path.stat().st_size / 1e6:.1f} MB)")
+    if kept:
+      lines += [f"Weights of {code(best.name)}: " + " · ".join(kept) + f". Check them with `python mnist_explorer.py evaluate "
+                f"{best.done[0]['name']} --config {suite}.toml --dataset {dataset}`, classify images with `predict`.", ""]
+  return lines
+
+
 # ---------- one model's report ----------
 
 def model_order(model: str) -> tuple:
@@ -446,7 +485,7 @@ def speed_note(records: list[dict]) -> str:
 
 def model_report(folder: Path, suite: str, dataset: str, model: str, records: list[dict], others: list[str],
                  warn: Callable[[str], None], redraw: bool = True, variant: str = "", earlier: list[dict] | None = None,
-                 has_quick: bool = False) -> tuple[str, list[Path], dict]:
+                 has_quick: bool = False, results_dir: Path | None = None) -> tuple[str, list[Path], dict]:
   """Markdown text, written plot paths and a summary (for index.md and comparison.md) of one model's runs.
   variant "quick": the report of the quick passes (own files and figures, clearly marked)."""
   groups = make_groups(records)
@@ -487,6 +526,7 @@ def model_report(folder: Path, suite: str, dataset: str, model: str, records: li
   if others:
     lines.append(f"- {label(model)} vs {', '.join(label(m) for m in others)}: see [comparison.md](comparison.md).")
   lines.append("")
+  if best is not None: lines += best_model_section(plot, best, dataset, suite, results_dir, folder)
 
   swings = [s for cat, gs in categories.items() for s in axis_swings(cat, gs)]
   if swings:
@@ -664,7 +704,7 @@ def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None, 
         others = [m for m in full_models if m != model] if not variant else []
         text, pngs, summary = model_report(folder, suite, dataset, model, runs, others, note,
                                            redraw is None or (suite, dataset, model) in redraw, variant,
-                                           models[model]["earlier"] if not variant else None, bool(models[model][QUICK]))
+                                           models[model]["earlier"] if not variant else None, bool(models[model][QUICK]), results_dir)
         stem = report_stem(model, variant)
         md = write_text_atomic(store.safe_path(folder, f"{stem}.md"), text)
         written += [md, write_csv(store.safe_path(folder, f"{stem}.csv"), runs), *pngs]

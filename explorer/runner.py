@@ -55,7 +55,7 @@ def result_line(record: dict) -> str:
 
 def run_suite(specs: list[RunSpec], suite: str, results: Path, datasets: dict[str, Dataset], rerun_since: str | None, device: str,
               console: Console, summary: bool = True, beam: int = 0, threads: int = 1, rebuild: bool = True,
-              study_file: str | None = None, verbose: bool = False) -> int:
+              study_file: str | None = None, verbose: bool = False, save_weights: str = "best") -> int:
   """rerun_since: with --rerun, the start time of the command: only records finished after it count as done (so the
   worker processes of one --rerun command still share the work). verbose: print each run's whole configuration."""
   started_at_iso = store.now_iso()  # records finished after this were trained by another process during this command
@@ -118,16 +118,18 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, datasets: dict[st
           console.print(traceback.format_exc(limit=3), style="dim", markup=False)
         rec = make_record(spec, suite, result, status, error, started_at, beam, trainer.threads, study_file)
         store.save_record(path, rec)
+        if status == "done" and save_weights != "none":  # a one-off (env vars) is one explicit run: its weights are kept
+          save_weights_of(path, rec, result, "all" if spec.category == "one-off" else save_weights, console)
         finished.append(rec)
         failed += status == "failed"
         console.print(result_line(rec))
       finally:
         store.release(claim)
   except KeyboardInterrupt:
-    if rebuild: rebuild_reports(results, console, suite, specs)
+    if rebuild: rebuild_reports(results, console, suite, specs, save_weights)
     console.print(f"[red]interrupted[/] after {plural(len(finished), 'finished run')} (kept in {escape(str(results))}/runs)")
     raise
-  if rebuild: rebuild_reports(results, console, suite, specs)
+  if rebuild: rebuild_reports(results, console, suite, specs, save_weights)
   stop.check()  # a stop during the reports may have been swallowed by a matplotlib callback: still exit 130
   console.print(closing_line(len(finished), by_others, skipped, busy) + f" · {time.perf_counter() - started_wall:.1f}s")
   if finished and summary:
@@ -184,9 +186,9 @@ def run_with_workers(argv: list[str], workers: int, specs: list[RunSpec], suite:
     codes = [p.wait() for p in children]
   except KeyboardInterrupt:
     stop_children(children)
-    rebuild_reports(results, console, suite, specs)
+    rebuild_reports(results, console, suite, specs, suite_args.get("save_weights", "best"))
     raise
-  rebuild_reports(results, console, suite, specs)
+  rebuild_reports(results, console, suite, specs, suite_args.get("save_weights", "best"))
   stop.check()
   found = [store.find_record(results, suite, s.config.dataset, s.config.model, s.name, s.config.hash()) for s in specs]
   found = [r for r in found if r]
@@ -239,8 +241,23 @@ def train_with_progress(trainer, spec: RunSpec, data, console: Console) -> dict:
     finally: trainer.on_compile = None
 
 
-def rebuild_reports(results: Path, console: Console, suite: str, specs: list[RunSpec]) -> None:
+def save_weights_of(record_path: Path, record: dict, result: dict, mode: str, console: Console) -> None:
+  """The finished run's weights next to its record; a write error is a warning (the record is kept either way)."""
+  from explorer import weights
+  path = weights.weights_path(record_path)
+  try: size = weights.save(path, result["weights"], weights.metadata(record, mode))
+  except Exception as e:  # disk full, permissions, tinygrad's disk device: the record is what matters
+    console.print(f"[yellow]weights not saved[/] ({path}: {type(e).__name__}: {getattr(e, 'strerror', None) or e}); the run's record is kept")
+    return
+  console.print(f"[dim]weights: {path} ({size / 1e6:.1f} MB)[/]")
+
+
+def rebuild_reports(results: Path, console: Console, suite: str, specs: list[RunSpec], save_weights: str = "best") -> None:
   if os.environ.get(WORKER_ENV): return  # a helper process: the main one rebuilds once all are done
+  if save_weights == "best":  # keep only the best configuration's weights of each report this suite touched
+    from explorer.weights import prune_to_best
+    try: prune_to_best(results, {(suite, s.config.dataset, s.config.model) for s in specs})
+    except Exception as e: console.print(f"[yellow]weights of non-best runs not pruned[/] ({type(e).__name__}: {e})")
   try:
     from explorer.report import write_reports  # matplotlib too: a broken install must not hide the stored runs either
     paths = write_reports(results, redraw={(suite, s.config.dataset, s.config.model) for s in specs},

@@ -12,8 +12,9 @@ from explorer import fastpath, stop
 from explorer.fastpath import read_scalar, write_input
 from explorer.errors import UserError
 from explorer.optim import DEFAULTS as OPTIMIZER_DEFAULTS, Optimizer, make_optimizer
-from models import build_model, buffers, count_parameters, parameters, reset_model
-from models.augment import random_affine
+from explorer.tricks import WeightAverage, confusion_and_errors, smoothed_cross_entropy
+from models import build_model, buffers, count_parameters, model_state, parameters, reset_model
+from models.augment import cutout, random_affine, random_flip
 
 EVAL_BATCH = 1000
 TRAIN_EVAL_IMAGES = 10_000  # training images evaluated at the end, for the overfit gap
@@ -74,6 +75,9 @@ class Compiled:
   eval_step: Callable
   params: list[Tensor] = field(default_factory=list)
   inputs: dict[str, Tensor] = field(default_factory=dict)  # preallocated batch buffers: x/y for training, ex/ey for eval
+  tricks: Tensor | None = None  # [label smoothing, EMA decay, cutout length]: device scalars of the switch keys
+  average: WeightAverage | None = None  # the EMA of the weights (ema > 0)
+  predict_step: Callable | None = None  # logits of an eval batch (test predictions, evaluate and predict)
 
 
 def batch_indices(n_images: int, batch: int, seed: int) -> Iterator[np.ndarray]:
@@ -137,7 +141,9 @@ class Trainer:
     schedule = Schedule()
     mean_std = Tensor.zeros(2, dtype=dtypes.float32).contiguous().realize()
     augment = Tensor.zeros(3, dtype=dtypes.float32).contiguous().realize()
+    tricks = Tensor.zeros(3, dtype=dtypes.float32).contiguous().realize()
     state = buffers(model)
+    average = WeightAverage(list(model_state(model).values())) if cfg.ema else None
 
     # contiguous: decode uint8 -> normalized float once, not again inside the first layer's forward and gradient matmuls
     def normalize(x: Tensor) -> Tensor: return ((x - mean_std[0]) / mean_std[1]).contiguous()
@@ -148,10 +154,15 @@ class Trainer:
       with Context(TRAINING=1):
         x = x.float() / 255.0
         if cfg.augment: x = random_affine(x, model.rng, augment)
-        loss = model(normalize(x), training=True).sparse_categorical_crossentropy(y.cast(dtypes.int32))
+        if cfg.flip: x = random_flip(x, model.rng)
+        if cfg.cutout: x = cutout(x, model.rng, tricks[2])
+        logits = model(normalize(x), training=True)
+        if cfg.label_smoothing: loss = smoothed_cross_entropy(logits, y.cast(dtypes.int32), tricks[0])
+        else: loss = logits.sparse_categorical_crossentropy(y.cast(dtypes.int32))
         opt.zero_grad()
         for p, g in zip(params, loss.gradient(*params)): p.grad = g
         updates = opt.step(schedule.lr())
+        if average is not None: updates += average.update(tricks[1])
         Tensor.realize(loss, *updates, *state, schedule.h["t"])
       return loss
 
@@ -163,11 +174,14 @@ class Trainer:
       correct = (logits.argmax(axis=-1) == y).sum()
       return loss_sum.realize(), correct.realize()
 
+    @TinyJit
+    def predict_step(x: Tensor) -> Tensor: return model(normalize(x.float() / 255.0), training=False).realize()
+
     def buffer(shape: tuple, dtype) -> Tensor: return Tensor.zeros(*shape, dtype=dtype, device=self.device).contiguous().realize()
     image = (28, 28)
     inputs = {"x": buffer((cfg.batch, *image), dtypes.uint8), "y": buffer((cfg.batch,), dtypes.uint8),
               "ex": buffer((EVAL_BATCH, *image), dtypes.uint8), "ey": buffer((EVAL_BATCH,), dtypes.int32)}
-    return Compiled(model, opt, schedule, mean_std, augment, train_step, eval_step, params, inputs)
+    return Compiled(model, opt, schedule, mean_std, augment, train_step, eval_step, params, inputs, tricks, average, predict_step)
 
   def reset(self, c: Compiled, cfg: RunConfig) -> None:
     """A fresh run on reused buffers: new weights for the seed, zeroed optimizer state, this run's scalars."""
@@ -178,6 +192,8 @@ class Trainer:
     mean, std = normalization(cfg.dataset)
     c.mean_std.assign(Tensor([mean, std], dtype=dtypes.float32, device=c.mean_std.device)).realize()
     c.augment.assign(Tensor([math.radians(cfg.rotate), cfg.scale, cfg.shift], dtype=dtypes.float32, device=c.augment.device)).realize()
+    c.tricks.assign(Tensor([cfg.label_smoothing, cfg.ema, cfg.cutout], dtype=dtypes.float32, device=c.tricks.device)).realize()
+    if c.average is not None: c.average.reset()
 
   def train_batch(self, c: Compiled, x: np.ndarray, y: np.ndarray) -> float:
     """One optimizer step on this batch; returns its loss (reading it also waits for the step to finish)."""
@@ -197,6 +213,25 @@ class Trainer:
       loss_sum += read_scalar(batch_loss)
       correct += int(read_scalar(batch_correct))
     return loss_sum / len(x), correct / len(x)
+
+  def predict(self, c: Compiled, x: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, 10) for uint8 images x (N, 28, 28), in eval-batch pieces (softmax in float64 on the host)."""
+    out = []
+    for i in range(0, len(x), EVAL_BATCH):
+      xb = x[i:i + EVAL_BATCH]
+      padded = np.concatenate([xb, np.zeros((EVAL_BATCH - len(xb),) + xb.shape[1:], np.uint8)]) if len(xb) < EVAL_BATCH else xb
+      out.append(self._call(c.predict_step, write_input(c.inputs["ex"], padded)).numpy()[:len(xb)].astype(np.float64))
+    logits = np.concatenate(out) if out else np.zeros((0, 10))
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+  def state(self, c: Compiled) -> dict[str, np.ndarray]:
+    """The model's weights and BatchNorm statistics as host arrays (what a weights file holds)."""
+    return {name: t.numpy().copy() for name, t in model_state(c.model).items()}
+
+  def load_state(self, c: Compiled, state: dict[str, np.ndarray]) -> None:
+    """Writes saved weights into the compiled model's buffers (names and shapes checked by the caller)."""
+    for name, t in model_state(c.model).items(): t.assign(Tensor(np.ascontiguousarray(state[name], np.float32), device=t.device)).realize()
 
   def run(self, cfg: RunConfig, data: Dataset, progress: Callable[[dict], None] | None = None) -> dict:
     """Train one configuration; returns its metrics and histories. A NaN/inf loss stops it as 'diverged'."""
@@ -228,7 +263,9 @@ class Trainer:
         break
       if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.steps:
         te, compile_at = time.perf_counter(), self.compile_s
+        if c.average is not None: c.average.swap()  # EMA: validate the averaged weights, then train on
         val_loss, val_acc = self.evaluate(c, data.x_val, data.y_val)
+        if c.average is not None: c.average.swap()
         eval_s += time.perf_counter() - te - (self.compile_s - compile_at)  # the first evaluation compiles the eval step
         history["eval_step"].append(step + 1)
         history["val_loss"].append(val_loss)
@@ -247,6 +284,7 @@ class Trainer:
       self._load_weights(c, plateau["weights"])
       # the restored weights are the ones tested, so their validation numbers (measured when they were kept) are final
       if status == "done": final_val = plateau["val"]
+    if c.average is not None: c.average.swap()  # EMA: the averaged weights are the ones tested and saved
     compile_s = self.compile_s - compile_before
     # training time: the optimizer steps and validation passes only, without building the model (setup) and without
     # compiling, kernel search (--beam) and capturing, which a shape pays once per process (compile_s)
@@ -261,6 +299,8 @@ class Trainer:
       result["test_loss"], result["test_acc"] = self.evaluate(c, data.x_test, data.y_test)
       n = min(TRAIN_EVAL_IMAGES, len(x_train))
       result["train_eval_loss"], result["train_acc"] = self.evaluate(c, x_train[:n], y_train[:n])
+      result["test_predictions"] = confusion_and_errors(self.predict(c, data.x_test), data.y_test, data.x_test)
+      result["weights"] = self.state(c)
     result["train_s"] = train_s
     result["wall_s"] = time.perf_counter() - t0
     return result

@@ -2,6 +2,7 @@
 from __future__ import annotations
 import numpy as np
 from tinygrad import Tensor
+from tinygrad.nn.state import get_state_dict
 from models.cnn import CNN
 from models.mlp import MLP
 
@@ -25,6 +26,11 @@ def parameters(model: MLP | CNN) -> list[Tensor]:
 def buffers(model: MLP | CNN) -> list[Tensor]:
   """Non-trained state updated by the step (BatchNorm running stats, the RNG counter)."""
   return [b for layer in model.layers() if hasattr(layer, "buffers") for b in layer.buffers()] + [model.rng.counter]
+
+
+def model_state(model: MLP | CNN) -> dict[str, Tensor]:
+  """Named weights and BatchNorm running statistics (tinygrad's get_state_dict without the RNG state): a weights file's content."""
+  return {k: v for k, v in get_state_dict(model).items() if not k.startswith("rng.")}
 
 
 def count_parameters(model: MLP | CNN) -> int:

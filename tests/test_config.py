@@ -1,7 +1,7 @@
 """Config parsing, suite expansion (runs, grids, random search, repeats) and every validation error."""
-import dataclasses
+import dataclasses, hashlib, json
 import pytest
-from explorer.config import (KEYS, RunConfig, check_name, env_overrides, load_toml, make_config, one_off_spec, sample_space,
+from explorer.config import (KEYS, LATER_KEYS, RunConfig, check_name, env_overrides, load_toml, make_config, one_off_spec, sample_space,
                              suite_specs, with_overrides)
 from explorer.errors import UserError
 from pathlib import Path
@@ -194,7 +194,16 @@ def test_hash_changes_with_every_key_and_shape_key_only_with_shape_keys():
     if k.name == "batchnorm": continue  # an alias of norm
     changed = with_overrides(base, {k.name: new}, "x")
     assert changed.hash() != base.hash(), k.name
-    assert (changed.shape_key() != base.shape_key()) == k.shape, k.name
+    assert (changed.shape_key() != base.shape_key()) == (k.shape or k.switch), k.name  # a switch key: off -> on
+    if k.switch:  # its values are fed at run time: two non-zero values share the compiled step
+      assert with_overrides(changed, {k.name: new * 2}, "x").shape_key() == changed.shape_key(), k.name
+
+
+def test_keys_added_later_leave_the_hash_of_older_configurations_alone():
+  cfg = make_config("mlp", {"width": 64}, "x")
+  d = {k: v for k, v in cfg.to_dict().items() if k not in LATER_KEYS}
+  assert cfg.hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+  assert with_overrides(cfg, {"ema": 0.99}, "x").hash() != cfg.hash()
 
 
 def test_check_name_refuses_path_tricks():

@@ -70,6 +70,7 @@ def variants(model: str):
     "schedule": ({}, "constant"), "kernel": ({}, 5), "channels": ({}, [4]), "norm": ({}, "layer"), "batchnorm": ({}, True),
     "pool": ({}, "avg"), "act": ({}, "tanh"), "opt": ({}, "sgd"), "width": ({}, 8), "width1": ({}, 8), "batch": ({}, 12),
     "steps": ({}, 2), "lr_max": ({}, 0.01), "seed": ({}, 7), "augment": ({}, True),
+    "flip": ({}, True), "cutout": ({}, 8), "label_smoothing": ({}, 0.1), "ema": ({}, 0.9),
   }
   for key in KEYS:
     if model not in key.models or key.name == "patience": continue  # patience: see test_plateau_*
