@@ -8,7 +8,7 @@ from tinygrad import Tensor, dtypes
 def smoothed_cross_entropy(logits: Tensor, y: Tensor, smoothing: Tensor) -> Tensor:
   """Mean cross-entropy against (1 - s) * one_hot(y) + s / classes, as PyTorch's CrossEntropyLoss(label_smoothing=s)."""
   logp = logits.log_softmax(-1)
-  nll = -(logp * y.unsqueeze(-1)._one_hot_along_dim(logits.shape[-1], dim=-1)).sum(-1)
+  nll = -(logp * y.one_hot(logits.shape[-1])).sum(-1)
   return ((1 - smoothing) * nll - smoothing * logp.mean(-1)).mean()
 
 

@@ -49,10 +49,17 @@ def trained(tmp_path_factory, mnist):
 def run_dir(folder: Path) -> Path: return folder / "results" / "runs" / "study" / "mnist" / "mlp"
 
 
+def file_of(folder: Path, name: str, ext: str) -> Path:
+  """The run's one <name>.<config hash>.<ext> file (or where it would be)."""
+  found = list(folder.glob(f"{name}.*.{ext}"))
+  assert len(found) <= 1, found
+  return found[0] if found else folder / f"{name}.missing.{ext}"
+
+
 def test_best_keeps_only_the_best_configurations_weights_with_its_identity(trained):
-  assert not (run_dir(trained) / "slow.safetensors").exists(), "not the best: pruned at the suite's end"
-  path = run_dir(trained) / "good.safetensors"
-  record = json.loads((run_dir(trained) / "good.json").read_text())
+  assert not (file_of(run_dir(trained), "slow", "safetensors")).exists(), "not the best: pruned at the suite's end"
+  path = file_of(run_dir(trained), "good", "safetensors")
+  record = json.loads((file_of(run_dir(trained), "good", "json")).read_text())
   state, meta = weights.load(path)
   assert {k: v.shape for k, v in state.items()} == {"hidden.0.weight": (64, 784), "hidden.0.bias": (64,), "hidden.1.weight": (64, 64),
                                                     "hidden.1.bias": (64,), "out.weight": (10, 64), "out.bias": (10,)}
@@ -65,10 +72,10 @@ def test_best_keeps_only_the_best_configurations_weights_with_its_identity(train
 def test_evaluate_reproduces_the_recorded_test_accuracy_exactly(trained):
   r = cli(["evaluate", "good"], trained)
   assert r.returncode == 0, r.stdout + r.stderr
-  record = json.loads((run_dir(trained) / "good.json").read_text())
+  record = json.loads((file_of(run_dir(trained), "good", "json")).read_text())
   assert f"test accuracy {100 * record['metrics']['test_acc']:.2f}%" in r.stdout
   assert "identical to the recorded test accuracy" in r.stdout
-  by_path = cli(["evaluate", str(run_dir(trained) / "good.safetensors")], trained)
+  by_path = cli(["evaluate", str(file_of(run_dir(trained), "good", "safetensors"))], trained)
   assert by_path.returncode == 0 and "identical" in by_path.stdout, by_path.stdout + by_path.stderr
 
 
@@ -90,7 +97,7 @@ def test_report_shows_the_best_configurations_errors_and_weights(trained):
   assert "## Best configuration: test errors" in md
   for png in ("best-confusion.png", "best-errors.png"):
     assert f"(plots/mlp/{png})" in md and (trained / "results" / "study-mnist" / "plots" / "mlp" / png).stat().st_size > 1000
-  assert "[good.safetensors](../runs/study/mnist/mlp/good.safetensors)" in md
+  assert f"[good.safetensors](../runs/study/mnist/mlp/{file_of(run_dir(trained), 'good', 'safetensors').name})" in md
 
 
 def test_save_weights_all_and_none(tmp_path, mnist):
@@ -99,10 +106,10 @@ def test_save_weights_all_and_none(tmp_path, mnist):
   assert not list(run_dir(tmp_path).glob("*.safetensors"))
   r = cli(["mlp", "--config", "study.toml", "--save-weights", "all", "--rerun"], tmp_path)
   assert r.returncode == 0, r.stdout + r.stderr
-  assert sorted(p.name for p in run_dir(tmp_path).glob("*.safetensors")) == ["good.safetensors", "slow.safetensors"]
+  assert sorted(p.name.split(".")[0] for p in run_dir(tmp_path).glob("*.safetensors")) == ["good", "slow"]
   again = cli(["mlp", "--config", "study.toml"], tmp_path)  # nothing to train; the default 'best' prunes at the end
   assert again.returncode == 0 and "0 trained" in again.stdout, again.stdout + again.stderr
-  assert (run_dir(tmp_path) / "slow.safetensors").exists(), "files written with 'all' are never pruned"
+  assert (file_of(run_dir(tmp_path), "slow", "safetensors")).exists(), "files written with 'all' are never pruned"
 
 
 def test_a_one_off_keeps_its_weights(tmp_path, mnist):
@@ -115,7 +122,7 @@ def test_a_one_off_keeps_its_weights(tmp_path, mnist):
 
 def test_bad_inputs_are_one_line_and_exit_2(trained, tmp_path):
   (trained / "broken.png").write_bytes(b"not an image")
-  good = run_dir(trained) / "good.safetensors"
+  good = file_of(run_dir(trained), "good", "safetensors")
   # weights of another shape, with a consistent identity: the width-64 run's metadata over width-32 tensors
   state, meta = weights.load(good)
   odd = tmp_path / "odd.safetensors"
