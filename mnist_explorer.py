@@ -43,6 +43,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--threads", type=int, metavar="N",
                  help="CPU threads per explorer process for tinygrad's kernels (default: the cores divided by --workers, "
                       "at most tinygrad's NUM_CPU_THREADS split); 1 is tinygrad's own one-thread execution")
+  p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                 help="train on a Ray cluster (pip install -e '.[ray]'): no ADDRESS starts a local Ray instance for the command "
+                      "(or uses env RAY_ADDRESS when set); 'auto', HOST:PORT or ray://HOST:10001 joins an existing cluster")
+  p.add_argument("--ray-cpus", type=float, default=1.0, metavar="N", help="CPUs one run needs on the Ray cluster (default 1)")
+  p.add_argument("--ray-gpus", type=float, default=0.0, metavar="N", help="GPUs one run needs, e.g. 0.25: four runs share a GPU (default 0)")
   p.add_argument("--list", action="store_true", help="print the resolved runs and exit without training")
   try:
     return p.parse_args(argv)
@@ -67,6 +72,11 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
   if not 0 <= args.beam <= 16: raise UserError(f"--beam must be 0..16, got {args.beam}")
   if args.threads is not None and not 1 <= args.threads <= 256: raise UserError(f"--threads must be 1..256, got {args.threads}")
   if args.max_steps is not None and args.max_steps < 1: raise UserError(f"--max-steps must be >= 1, got {args.max_steps}")
+  if args.ray is None and (args.ray_cpus != 1.0 or args.ray_gpus != 0.0): raise UserError("--ray-cpus/--ray-gpus need --ray")
+  if args.ray is not None:
+    if args.workers > 1: raise UserError("--workers runs processes on this machine; with --ray the cluster's size sets the parallelism")
+    if not 0 < args.ray_cpus <= 1024: raise UserError(f"--ray-cpus must be > 0, got {args.ray_cpus:g}")
+    if not 0 <= args.ray_gpus <= 64: raise UserError(f"--ray-gpus must be 0..64, got {args.ray_gpus:g}")
   specs: list[RunSpec] = []
   for model in suite_models:
     if overrides:
@@ -122,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
   if args.list:
     for s in specs: print(f"{s.config.model} {s.category:16s} {s.name:28s} {describe(s.config)}")
     return 0
-  device = check_backend()
+  device = check_backend() if args.ray is None else None  # on Ray, each worker uses the backend tinygrad finds on its node
   from explorer.store import check_writable
   check_writable(results)
   from explorer.runner import WORKER_ENV, run_suite, run_with_workers
@@ -131,9 +141,16 @@ def main(argv: list[str] | None = None) -> int:
   rerun_since = (os.environ.get("MNIST_EXPLORER_RERUN_SINCE") or now_iso()) if args.rerun else None
   suite_args = dict(suite=Path(args.config).stem, results=results, data_dir=args.data_dir, rerun_since=rerun_since, device=device,
                     beam=args.beam, threads=threads_per_process(args))
-  if args.workers > 1 or os.environ.get(WORKER_ENV):
+  if args.workers > 1 or os.environ.get(WORKER_ENV) or args.ray is not None:
     # longest runs first (by images to process), so the processes finish together instead of one waiting on the last long run
     specs = sorted(specs, key=lambda s: -s.config.steps * s.config.batch * (4 if s.config.model == "cnn" else 1))
+  if args.ray is not None:
+    try:
+      from explorer.ray_runner import run_on_ray
+    except ImportError as e:
+      raise UserError(f"--ray needs Ray ({e}): install it with pip install -e '.[ray]' (or pip install 'ray[client]')") from None
+    return run_on_ray(specs, args.ray or os.environ.get("RAY_ADDRESS") or "local", args.ray_cpus, args.ray_gpus, console=console,
+                      **{k: v for k, v in suite_args.items() if k not in ("device", "threads")})
   if args.workers > 1: return run_with_workers(argv, args.workers, specs, console=console, **suite_args)
   return run_suite(specs, console=console, **suite_args)
 
