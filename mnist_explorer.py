@@ -145,10 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     # longest runs first (by images to process), so the processes finish together instead of one waiting on the last long run
     specs = sorted(specs, key=lambda s: -s.config.steps * s.config.batch * (4 if s.config.model == "cnn" else 1))
   if args.ray is not None:
-    try:
-      from explorer.ray_runner import run_on_ray
-    except ImportError as e:
-      raise UserError(f"--ray needs Ray ({e}): install it with pip install -e '.[ray]' (or pip install 'ray[client]')") from None
+    from explorer.ray_runner import run_on_ray  # one line on how to install Ray when it is missing
     return run_on_ray(specs, args.ray or os.environ.get("RAY_ADDRESS") or "local", args.ray_cpus, args.ray_gpus, console=console,
                       **{k: v for k, v in suite_args.items() if k not in ("device", "threads")})
   if args.workers > 1: return run_with_workers(argv, args.workers, specs, console=console, **suite_args)

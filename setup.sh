@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set-up for a fresh Debian/Ubuntu or macOS machine, safe to run again (it only adds what is missing):
 #   the clang compiler (tinygrad's CPU backend compiles kernels with it), a virtual environment in .venv,
-#   and the Python packages. With --test also pytest and, on Debian/Ubuntu, the Fashion-MNIST package.
+#   and the Python packages. With --test also pytest, Ray (the --ray extra) and, on Debian/Ubuntu, the Fashion-MNIST package.
 set -euo pipefail
 cd "$(dirname "$0")"
 want_tests=0; [ "${1:-}" = "--test" ] && want_tests=1
@@ -23,6 +23,6 @@ elif [ "$(uname -s)" = "Darwin" ] && ! command -v clang >/dev/null; then
   echo "setup: clang is missing: run 'xcode-select --install', then this script again" >&2; exit 1
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-extra=""; [ $want_tests = 1 ] && extra="[test]"
+extra=""; [ $want_tests = 1 ] && extra="[test,ray]"  # the tests start a local Ray cluster
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
 echo "setup: ready (.venv/bin/python, $(.venv/bin/python -c 'from importlib.metadata import version; print("tinygrad", version("tinygrad"))'))"

@@ -9,7 +9,7 @@ a worker machine needs only Python, ray, tinygrad and numpy (this module imports
 A worker that dies mid-run (its process or its node) has its run trained again by another worker, MAX_ATTEMPTS
 attempts in all; then the run is recorded as failed with the reason, and the suite goes on."""
 from __future__ import annotations
-import ipaddress, logging, os, platform, time
+import ipaddress, logging, os, platform, socket, time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +87,19 @@ def runtime_env() -> dict:
   return {"py_modules": [str(ROOT / "explorer"), str(ROOT / "models")], "excludes": ["__pycache__"], **({"env_vars": env} if env else {})}
 
 
+def check_reachable(address: str) -> None:
+  """HOST:PORT and ray://HOST:PORT must accept a connection: ray.init itself retries an unreachable address for minutes."""
+  if address in ("local", "auto"): return
+  host, _, port = address.removeprefix("ray://").rpartition(":")
+  if not host or not port.isdigit(): raise UserError(f"--ray address must be HOST:PORT, ray://HOST:PORT or auto, got {address!r}")
+  try:
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=10): pass
+  except OSError as e:
+    raise UserError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}): is it started (ray start --head) and the port right?") from None
+
+
 def connect(ray, address: str) -> None:
+  check_reachable(address)
   kwargs = dict(runtime_env=runtime_env(), log_to_driver=False, logging_level=logging.WARNING)
   try:
     if address == "local": ray.init(address="local", include_dashboard=False, **kwargs)
