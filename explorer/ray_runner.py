@@ -46,6 +46,7 @@ class Job:
   claim: store.Claim | None = None
   attempts: int = 0
   started_at: str = ""
+  sent: float = 0.0  # perf_counter when handed to a worker (Ray's own time per run = result arrival - sent - training)
 
 
 @dataclass
@@ -158,6 +159,7 @@ def run_on_ray(specs: list[RunSpec], address: str, cpus: float, gpus: float, sui
   for name, ds in datasets.items(): console.print(f"data: {name} from {ds.source} ({len(ds.x_train)} train, {len(ds.x_val)} val, {len(ds.x_test)} test)")
   started_wall = time.perf_counter()
   connect(ray, address)
+  connected_at = time.perf_counter() - started_wall
   stop.install()  # ray.init sets its own SIGTERM handler: SIGTERM must stop the suite like Ctrl-C, records kept
   slots: list[Slot] = []
   try:
@@ -179,7 +181,7 @@ def run_on_ray(specs: list[RunSpec], address: str, cpus: float, gpus: float, sui
 
     slots = [start(i + 1) for i in range(n_slots)]
     queue, finished, failed, start_failures = deque(jobs), [], 0, 0
-    compiles, last_progress = {}, time.monotonic()
+    compiles, last_progress, overheads, ready_at = {}, time.monotonic(), [], None
 
     def save(job: Job, result: dict | None, status: str, error: str | None, slot: Slot | None) -> None:
       nonlocal failed
@@ -217,7 +219,7 @@ def run_on_ray(specs: list[RunSpec], address: str, cpus: float, gpus: float, sui
                 bar.update(task, total=bar.tasks[0].total - 1)
                 continue
             job.attempts += 1
-            job.started_at = store.now_iso()
+            job.started_at, job.sent = store.now_iso(), time.perf_counter()
             slot.job, slot.call = job, slot.actor.run.remote(job.spec.config)
             slot.shapes.add(job.spec.config.shape_key())
         busy = [s for s in slots if s.job]
@@ -265,11 +267,14 @@ def run_on_ray(specs: list[RunSpec], address: str, cpus: float, gpus: float, sui
           if job is None:
             slot.info = value
             console.print(f"worker {slot.number} ready on {value['host']} ({value['device']}, pid {value['pid']})", style="dim")
+            if ready_at is None and all(s.info for s in slots): ready_at = time.perf_counter() - started_wall
             continue
           compiles[slot.number] = value["compile_count"]
+          overheads.append(time.perf_counter() - job.sent - value["wall_s"])
           error = "loss became NaN/inf: diverged" if value["status"] == "diverged" else None
           save(job, value, value["status"], error, slot)
           bar.advance(task)
+      bar.update(task, running="")
   except KeyboardInterrupt:
     for slot in slots:
       if slot.job and slot.job.claim:
@@ -286,6 +291,9 @@ def run_on_ray(specs: list[RunSpec], address: str, cpus: float, gpus: float, sui
   trained = len(finished)
   console.print(f"{trained} trained on {len({r['host'] for r in finished})} machine(s), {skipped} already finished (skipped; --rerun to "
                 f"train again) · compiled steps built {sum(compiles.values())} times for {trained} runs · {time.perf_counter() - started_wall:.1f}s")
+  if overheads:  # bench/ray_overhead.py reads this line
+    console.print(f"Ray overhead: {connected_at:.1f}s to connect, workers ready after {ready_at or 0:.1f}s, {1000 * sorted(overheads)[len(overheads) // 2]:.0f} ms "
+                  f"per run (median of {len(overheads)}: result arrival - hand-out - the run's own wall time)", style="dim")
   if finished:
     from explorer.report import summary_table
     console.print(summary_table(finished))
