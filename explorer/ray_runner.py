@@ -58,7 +58,6 @@ class Slot:
   info: dict | None = None
   job: Job | None = None
   shapes: set = field(default_factory=set)
-  started: float = field(default_factory=time.monotonic)
 
 
 def is_loopback(address: str) -> bool:
@@ -105,7 +104,7 @@ def connect(ray, address: str) -> None:
   try:
     if address == "local": ray.init(address="local", include_dashboard=False, **kwargs)
     else: ray.init(address=address, **kwargs)
-  except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
+  except Exception as e:  # unreachable, refused, a token mismatch, another Ray version: one line, nothing trained
     where = "start a local Ray instance" if address == "local" else f"reach the Ray cluster at {address}"
     raise UserError(f"cannot {where}: {' '.join(str(e).split())[:300]}") from None
 
