@@ -51,6 +51,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--stock", action="store_true",
                  help="run stock tinygrad: none of the CPU fast path (explorer/fastpath: replay, kernel threads, lowered-kernel "
                       "disk cache); the same numbers, slower (env EXPLORER_STOCK=1)")
+  p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                 help="train on a Ray cluster (pip install -e '.[ray]'): no ADDRESS starts a local Ray instance for the command "
+                      "(or uses env RAY_ADDRESS when set); 'auto', HOST:PORT or ray://HOST:10001 joins an existing cluster")
+  p.add_argument("--ray-cpus", type=float, default=1.0, metavar="N", help="CPUs one run needs on the Ray cluster (default 1)")
+  p.add_argument("--ray-gpus", type=float, default=0.0, metavar="N", help="GPUs one run needs, e.g. 0.25: four runs share a GPU (default 0)")
   p.add_argument("--list", action="store_true", help="print the resolved runs and exit without training")
   p.add_argument("-v", "--verbose", action="store_true",
                  help="print each run's whole configuration (default: only the keys that differ from the defaults); "
@@ -69,6 +74,11 @@ def threads_per_process(args: argparse.Namespace) -> int:
   from explorer import fastpath
   if not fastpath.active(): return 1  # stock tinygrad runs a kernel's pieces one after another
   return args.threads or fastpath.default_threads(args.workers)
+
+
+def fastpath_stock_requested() -> bool:
+  from explorer import fastpath
+  return fastpath.stock_requested()
 
 
 def install_fastpath(args: argparse.Namespace, console) -> None:
@@ -90,6 +100,11 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
   if not 0 <= args.beam <= 16: raise UserError(f"--beam must be 0..16, got {args.beam}")
   if args.threads is not None and not 1 <= args.threads <= 256: raise UserError(f"--threads must be 1..256, got {args.threads}")
   if args.max_steps is not None and args.max_steps < 1: raise UserError(f"--max-steps must be >= 1, got {args.max_steps}")
+  if args.ray is None and (args.ray_cpus != 1.0 or args.ray_gpus != 0.0): raise UserError("--ray-cpus/--ray-gpus need --ray")
+  if args.ray is not None:
+    if args.workers > 1: raise UserError("--workers runs processes on this machine; with --ray the cluster's size sets the parallelism")
+    if not 0 < args.ray_cpus <= 1024: raise UserError(f"--ray-cpus must be > 0, got {args.ray_cpus:g}")
+    if not 0 <= args.ray_gpus <= 64: raise UserError(f"--ray-gpus must be 0..64, got {args.ray_gpus:g}")
   specs: list[RunSpec] = []
   for model in suite_models:
     if overrides:
@@ -192,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                                   markup=False, soft_wrap=True)
     return 0
   check_tinygrad_env()
-  device = check_backend()
-  install_fastpath(args, console)
+  device = check_backend() if args.ray is None else None  # on Ray, each worker uses the backend tinygrad finds on its node
+  if args.ray is None: install_fastpath(args, console)  # on Ray, each worker installs its own
   from explorer.store import check_results_folder, now_iso, study_id
   check_results_folder(results)
   datasets = load_data(specs, args.data_dir)
@@ -203,9 +218,13 @@ def main(argv: list[str] | None = None) -> int:
   suite_args = dict(suite=study_id(results, args.config), results=results, datasets=datasets, rerun_since=rerun_since, device=device,
                     beam=args.beam, threads=threads_per_process(args), study_file=str(Path(args.config).resolve()), verbose=args.verbose,
                     save_weights=args.save_weights)
-  if args.workers > 1 or os.environ.get(WORKER_ENV):
+  if args.workers > 1 or os.environ.get(WORKER_ENV) or args.ray is not None:
     # longest runs first (by images to process), so the processes finish together instead of one waiting on the last long run
     specs = sorted(specs, key=lambda s: -s.config.steps * s.config.batch * (4 if s.config.model == "cnn" else 1))
+  if args.ray is not None:
+    from explorer.ray_runner import run_on_ray  # one line on how to install Ray when it is missing
+    return run_on_ray(specs, args.ray or os.environ.get("RAY_ADDRESS") or "local", args.ray_cpus, args.ray_gpus, console=console,
+                      stock=bool(args.stock) or fastpath_stock_requested(), **{k: v for k, v in suite_args.items() if k not in ("device", "threads")})
   if args.workers > 1: return run_with_workers(argv, args.workers, specs, console=console, **suite_args)
   return run_suite(specs, console=console, **suite_args)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set-up for a fresh Debian/Ubuntu or macOS machine, safe to run again (it only adds what is missing):
 #   the clang compiler (tinygrad's CPU backend compiles kernels with it), a virtual environment in .venv,
-#   and the Python packages. With --test also pytest, torch 2.13.0 (the reference of the optimizer tests; never imported
+#   and the Python packages. With --test also pytest, Ray (the --ray extra), torch 2.13.0 (the reference of the optimizer tests; never imported
 #   by the product) and, on Debian/Ubuntu, the Fashion-MNIST package. For torch pip takes the highest 2.13.0 build it is
 #   offered: a CPU build (2.13.0+cpu) from a wheel folder or extra index (PIP_FIND_LINKS, PIP_EXTRA_INDEX_URL) where one
 #   is set up, otherwise PyPI's, which on Linux x86_64 is a CUDA build with about 3 GB of nvidia-* packages.
@@ -26,7 +26,7 @@ elif [ "$(uname -s)" = "Darwin" ] && ! command -v clang >/dev/null; then
   echo "setup: clang is missing: run 'xcode-select --install', then this script again" >&2; exit 1
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-extra=""; [ $want_tests = 1 ] && extra="[test]"
+extra=""; [ $want_tests = 1 ] && extra="[test,ray]"  # the tests start a local Ray cluster
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
 report='from importlib.metadata import version; print("tinygrad", version("tinygrad"))'
 [ $want_tests = 1 ] && report="$report; print(', torch', version('torch'), 'for the tests', end='')"
