@@ -320,7 +320,7 @@ def test_compile_and_kernel_search_time_is_kept_out_of_training_time(tiny_data, 
   assert r["compile_s"] >= 4.0, "train step compile + capture, eval step compile + capture"
   assert r["train_s"] < 2.0 and r["eval_s"] < 1.0, (r["train_s"], r["eval_s"])
   assert r["setup_s"] + r["compile_s"] + r["train_s"] <= r["wall_s"]
-  assert [e[0] for e in events] == ["train step", "train step", "eval step", "eval step"]
+  assert [e[0] for e in events] == ["train step", "train step", "eval step", "eval step", "predict step", "predict step"]
   assert events[0][1] is None and events[1][1] >= 1.0, "announced before, with its time after"
   again = trainer.run(with_overrides(cfg, {"lr_max": 2e-3}, "t"), tiny_data)
-  assert again["compile_s"] == 0 and len(events) == 4, "the same shape replays: nothing compiled or announced"
+  assert again["compile_s"] == 0 and len(events) == 6, "the same shape replays: nothing compiled or announced"
