@@ -85,4 +85,6 @@ def main() -> None:
 if __name__ == "__main__":
   from explorer.errors import UserError
   try: main()
-  except UserError as e: raise SystemExit(f"error: {e}")
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2)

@@ -132,4 +132,6 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
   try: raise SystemExit(main())
-  except UserError as e: raise SystemExit(f"error: {e}")
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2)
