@@ -23,6 +23,7 @@ from explorer.config import load_toml, make_config, one_off_spec, suite_specs  #
 from explorer.data import load_dataset, normalization  # noqa: E402
 from explorer.machine import cpu_name  # noqa: E402
 from explorer.train import batch_indices  # noqa: E402
+from torch_models import torch_model, torch_optimizer  # noqa: E402  (bench/, on sys.path as the script's folder)
 
 DEFAULT_DATA = os.environ.get("DATA_DIR")  # None: the explorer's own search (./data/mnist, its cache, ...; else download)
 EXPERIMENTS = ROOT / "experiments.toml"
@@ -64,36 +65,10 @@ def spread(times: list[float]) -> str:
 
 # ---------------------------------------------------------------- PyTorch (optional, bench only)
 
-def torch_model(torch, cfg, tiny_model):
-  """The same layers as models/, initialized with the tinygrad model's freshly reset weights (same seed, same scheme)."""
-  nn = torch.nn
-  act = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leakyrelu": nn.LeakyReLU}[cfg.act]
-  if cfg.model == "mlp":
-    sizes, layers = (784,) + cfg.hidden_widths, [nn.Flatten()]
-    for a, b in zip(sizes, sizes[1:]): layers += [nn.Linear(a, b), act()]
-    layers.append(nn.Linear(sizes[-1], 10))
-  else:
-    assert cfg.norm == "none" and cfg.dropout == 0, "bench: torch CNN mirrors the default CNN only"
-    layers, c_in = [nn.Unflatten(1, (1, 28))], 1
-    for c, pools in zip(cfg.channels, tiny_model.pools):
-      layers += [nn.Conv2d(c_in, c, cfg.kernel, padding=cfg.kernel // 2), act()]
-      if pools: layers.append(nn.MaxPool2d(2) if cfg.pool == "max" else nn.AvgPool2d(2))
-      c_in = c
-    layers += [nn.Flatten(), nn.Linear(tiny_model.fc.weight.shape[1], cfg.width), act(), nn.Linear(cfg.width, 10)]
-  model = nn.Sequential(*layers)
-  from models import parameters
-  theirs = [p for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) for p in (m.weight, m.bias)]
-  ours = parameters(tiny_model)
-  assert [tuple(p.shape) for p in theirs] == [tuple(p.shape) for p in ours], "bench: torch and tinygrad layers differ"
-  with torch.no_grad():
-    for t, o in zip(theirs, ours): t.copy_(torch.from_numpy(o.numpy()))
-  return model
-
-
 def bench_torch(torch, cfg, data, steps: int, tiny_model) -> dict:
   from explorer.train import lr_at
   model = torch_model(torch, cfg, tiny_model)
-  opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_max, betas=(cfg.beta1, cfg.beta2), eps=1e-8, weight_decay=cfg.wd)
+  opt = torch_optimizer(torch, cfg, model.parameters())
   mean, std = normalization(cfg.dataset)
   times, losses = [], []
   for step, (xb, yb) in enumerate(batches(data, cfg, WARMUP + steps)):

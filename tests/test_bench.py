@@ -1,0 +1,62 @@
+"""bench/vs_torch.py end to end on the small generated IDX files, and the PyTorch side it compares against: the same
+layers (the tinygrad model's weights give the same outputs in torch) and the same LR schedule."""
+import importlib.util, re, subprocess, sys
+import numpy as np
+import pytest
+import torch  # installed by ./setup.sh --test: the bench's reference
+from explorer.config import make_config
+from explorer.train import lr_at
+from tinygrad import Tensor
+from models import build_model, reset_model
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+from torch_models import torch_model  # noqa: E402
+
+
+def load_torch_suite():
+  spec = importlib.util.spec_from_file_location("torch_suite", ROOT / "bench" / "torch_suite.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_torch_suite_schedule_is_the_explorers():
+  suite = load_torch_suite()
+  for values in ({"steps": 100}, {"steps": 37, "warmup": 5, "lr_min": 1e-5, "lr_max": 3e-3}, {"steps": 2, "warmup": 1}):
+    cfg = make_config("mlp", values, "test")
+    assert [suite.lr_at(cfg, t) for t in range(cfg.steps)] == pytest.approx([lr_at(cfg, t) for t in range(cfg.steps)], rel=1e-12)
+
+
+@pytest.mark.parametrize("model,values", [("mlp", {"width": 32, "act": "gelu"}),
+                                          ("cnn", {"channels": [4, 8], "width": 16, "norm": "batch", "act": "silu"})])
+def test_torch_model_matches_tinygrad(model, values):
+  cfg = make_config(model, values, "test")
+  tiny = build_model(cfg)
+  reset_model(tiny, 3)
+  theirs = torch_model(torch, cfg, copy_from=tiny).eval()
+  x = np.random.default_rng(0).standard_normal((5, 28, 28)).astype(np.float32)
+  with torch.no_grad(): want = theirs(torch.from_numpy(x)).numpy()
+  np.testing.assert_allclose(tiny(Tensor(x), training=False).numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_vs_torch_table(data_dir, tmp_path):
+  config = tmp_path / "suite.toml"
+  config.write_text('[mlp]\n[mlp.defaults]\nwidth = 32\nsteps = 4\n\n[[mlp.runs]]\nname = "a"\n\n[[mlp.runs]]\nname = "b"\nlr_max = 2e-3\n')
+  r = subprocess.run([sys.executable, str(ROOT / "bench" / "vs_torch.py"), "--model", "mlp", "--max-steps", "2", "--ways", "main",
+                      "--config", str(config), "--data-dir", str(data_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "2 configurations, 4 steps, every configuration capped at 2 steps" in r.stdout
+  rows = {line.split(" | ")[0]: line for line in r.stdout.splitlines() if line.startswith("| ") and "---" not in line}
+  torch_row = next(v for k, v in rows.items() if "PyTorch script" in k)
+  main_row = rows["| `JIT=1 python mnist_explorer.py mlp`"]
+  t = re.search(r"\| (\d+\.\d) \| 1\.00× \| - \|$", torch_row)
+  m = re.search(r"\| (\d+\.\d) \| (\d+\.\d\d)× \| (\d+\.\d\d) \(2/2 configurations\) \|$", main_row)
+  assert t and m, (torch_row, main_row)
+  assert float(t[1]) > 0 and float(m[2]) == pytest.approx(float(m[1]) / float(t[1]), rel=0.05) and 0 <= float(m[3]) <= 100
+  assert re.search(r"\*\*PyTorch\*\* \S+, \d+ threads", r.stdout), r.stdout
+
+
+def test_vs_torch_rejects_an_unknown_way():
+  r = subprocess.run([sys.executable, str(ROOT / "bench" / "vs_torch.py"), "--ways", "main,quick"], cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 2 and "unknown way 'quick'" in r.stderr
