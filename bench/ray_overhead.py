@@ -13,7 +13,6 @@ import argparse, json, os, re, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = os.environ.get("DATA_DIR", "/work/shared/data/mnist")
 
 
 def timed(cmd: list[str], env: dict) -> tuple[float, str]:
@@ -34,10 +33,10 @@ def main(argv=None) -> int:
   p.add_argument("--workers", type=int, default=2, help="processes of the --workers way (default 2)")
   p.add_argument("--max-steps", type=int, help="cap every run's steps (a quick pass)")
   p.add_argument("--beam", type=int, default=0)
-  p.add_argument("--data-dir", default=DEFAULT_DATA, help=f"MNIST IDX folder (default {DEFAULT_DATA}, env DATA_DIR)")
+  p.add_argument("--data-dir", default=os.environ.get("DATA_DIR"), help="MNIST IDX folder (env DATA_DIR; default: where the explorer looks)")
   args = p.parse_args(argv)
   env = {**os.environ, "JIT": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-  cli = [sys.executable, str(ROOT / "mnist_explorer.py"), args.model, "--rerun", "--data-dir", args.data_dir, "--beam", str(args.beam)]
+  cli = [sys.executable, str(ROOT / "mnist_explorer.py"), args.model, "--rerun", *(["--data-dir", args.data_dir] if args.data_dir else []), "--beam", str(args.beam)]
   if args.max_steps: cli += ["--max-steps", str(args.max_steps)]
   with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
     t_workers, _ = timed(cli + ["--results", f"{tmp}/workers", "--workers", str(args.workers)], env)
