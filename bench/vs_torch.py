@@ -121,7 +121,7 @@ def main(argv=None) -> int:
                                      f"{worst:.2f} ({compared}/{len(specs)} configurations)")
     print(f"| {command_text(way, args.model)} | {', '.join(f'{w:.1f}' for w in walls[way])} | {ratios} | {diff} |")
   ex = next((infos[w] for w in args.ways if infos.get(w)), {})
-  print(f"\nSingle seeds, different initial weights and batch orders: test accuracies differing by a few tenths of a point "
+  print("\nSingle seeds, different initial weights and batch orders: test accuracies differing by a few tenths of a point "
         "are expected" + (" (after a few steps, as here, by many points)" if args.max_steps and args.max_steps < 200 else "")
         + f".  \n**Machine** {cpu_name()}, {os.cpu_count()} logical cores ({available_cores()} usable), Python "
         f"{platform.python_version()}; **explorer** tinygrad {version('tinygrad')}, device {ex.get('device')}, "
