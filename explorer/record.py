@@ -3,7 +3,7 @@
 A record is one JSON file per trained run (see store.py for where it lives). Reading checks every field's type: a record
 that fails is skipped with one warning naming its file, so a hand-edited or damaged record never crashes a report."""
 from __future__ import annotations
-import math, re
+import re
 from importlib.metadata import version
 from typing import Any
 from explorer.machine import host_name
@@ -102,8 +102,3 @@ def normalize(record: dict) -> dict:
 def is_quick(record: dict) -> bool:
   """A quick pass (--max-steps capped its steps): never mixed with full-length results."""
   return record.get("capped_from") is not None
-
-
-def finite(x: Any) -> float | None:
-  if isinstance(x, bool) or not isinstance(x, Num) or not math.isfinite(x): return None
-  return float(x)

@@ -10,7 +10,7 @@ finished run. Two study files with the same file name get two study folders (the
 A claim records its owner's host, boot and process start time, so an explorer that died (even with SIGKILL, even when its
 PID was reused since) is recognised; a claim that cannot be read or has the wrong shape is stale too (with a warning)."""
 from __future__ import annotations
-import errno, hashlib, json, os, re, tempfile, time
+import errno, json, os, re, tempfile, time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -314,5 +314,3 @@ def clear_stale(results: Path) -> list[tuple[Path, dict, str | None]]:
   remove_orphan_temps(Path(results) / "runs")
   return stale
 
-
-def config_digest(text: str) -> str: return hashlib.sha256(text.encode()).hexdigest()[:16]
