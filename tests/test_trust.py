@@ -255,6 +255,47 @@ def test_sigterm_while_waiting_for_a_helper_stops_the_helper_and_rebuilds_the_re
   assert (tmp_path / "results" / "exp-mnist" / "mlp.md").exists() and not leftovers(tmp_path / "results")
 
 
+def group_members(pgid: int, running: str = "", state: str = "") -> list[int]:
+  """The live processes of a process group (zombies count as gone) whose command line contains `running`, in `state`."""
+  pids = []
+  for stat in Path("/proc").glob("[0-9]*/stat"):
+    try: fields, cmdline = stat.read_text().rsplit(")", 1)[1].split(), (stat.parent / "cmdline").read_bytes()
+    except OSError: continue
+    if int(fields[2]) == pgid and fields[0] != "Z" and running.encode() in cmdline and fields[0].startswith(state):
+      pids.append(int(stat.parent.name))
+  return pids
+
+
+def pools_idle(pgid: int) -> bool:
+  """Both explorers' compile pools are up and done compiling: every worker asleep on the task queue."""
+  workers = group_members(pgid, "spawn_main")
+  return len(workers) >= 2 and not group_members(pgid, "clang") and len(group_members(pgid, "spawn_main", "S")) == len(workers)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_sigterm_to_the_whole_process_group_ends_every_process(tmp_path, data_dir):
+  """kill -- -PGID (a job scheduler, a container stop) also reaches tinygrad's compile pool, whose idle worker dies
+  holding the pool's queue lock: the explorer must still exit 130, and leave no process behind."""
+  slow = TINY_SUITE.replace("steps = 6", "steps = 100000")
+  (tmp_path / "exp.toml").write_text(slow)
+  env = {**os.environ, "JIT": "1", "EXPERIMENTS": str(tmp_path / "exp.toml"), "RESULTS_DIR": str(tmp_path / "results"),
+         "DATA_DIR": str(data_dir), "CACHEDB": str(tmp_path / "tinygrad-cache.db")}  # a fresh cache: kernels are lowered in the pool
+  p = subprocess.Popen([sys.executable, str(ROOT / "mnist_explorer.py"), "mlp", "--workers", "2"], cwd=tmp_path, env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+  assert wait_for(lambda: len(list((tmp_path / "results").glob("runs/*/*/*/*.claim"))) == 2)
+  # the bad moment: the pools' workers idle, one of them holding the queue lock while it waits for a task
+  assert wait_for(lambda: pools_idle(p.pid) and time.sleep(3.0) is None and pools_idle(p.pid), timeout=120), "the pools went idle"
+  os.killpg(p.pid, signal.SIGTERM)
+  try: out, err = p.communicate(timeout=150)
+  except subprocess.TimeoutExpired:
+    os.killpg(p.pid, signal.SIGKILL)
+    pytest.fail("the explorer hung after a SIGTERM to its process group")
+  assert p.returncode == 130 and "Traceback" not in err, out + err
+  assert wait_for(lambda: not group_members(p.pid), timeout=30), f"left behind: {group_members(p.pid)}"
+  assert sorted(r["status"] for r in all_records(tmp_path / "results")) == ["interrupted", "interrupted"]
+  assert not leftovers(tmp_path / "results")
+
+
 def test_a_helper_stops_when_its_explorer_is_killed(tmp_path, data_dir):
   slow = TINY_SUITE.replace("steps = 6", "steps = 100000")
   p = explorer(["mlp", "--workers", "2"], tmp_path, data_dir=data_dir, wait=False, suite=slow)
