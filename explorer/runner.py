@@ -1,7 +1,7 @@
 """Runs a planned suite: claim each run, skip finished ones, train with live progress, store the record, build reports.
 Ctrl-C/SIGTERM: the interrupted run is recorded as interrupted, finished runs stay, reports are rebuilt, exit 130."""
 from __future__ import annotations
-import ctypes, math, os, signal, subprocess, sys, time, traceback
+import ctypes, math, os, shlex, signal, subprocess, sys, time, traceback
 from importlib.metadata import version
 from pathlib import Path
 from rich.console import Console
@@ -10,7 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from explorer.config import RunSpec, describe
 from explorer.data import Dataset
 from explorer.errors import UserError
-from explorer import record, stop, store
+from explorer import fastpath, record, stop, store
 from explorer.text import plural
 
 
@@ -238,7 +238,19 @@ def train_with_progress(trainer, spec: RunSpec, data, console: Console) -> dict:
 
     trainer.on_compile = compiling
     try: return trainer.run(cfg, data, progress)
-    finally: trainer.on_compile = None
+    finally:
+      trainer.on_compile = None
+      if trainer.beam and (line := fastpath.beam_notice(search_again_command())): console.print(f"[yellow]{escape(line)}[/]")
+
+
+def search_again_command() -> str:
+  """This command as one explorer process (helpers of --workers would load the cores the new search times on)."""
+  argv, kept = sys.argv[1:], []
+  while argv:
+    arg = argv.pop(0)
+    if arg in ("--workers", "--threads"): argv = argv[1:]
+    elif not arg.startswith(("--workers=", "--threads=")): kept.append(arg)
+  return shlex.join(["python", "mnist_explorer.py", *kept])
 
 
 def save_weights_of(record_path: Path, record: dict, result: dict, mode: str, console: Console) -> None:

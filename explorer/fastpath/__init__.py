@@ -4,6 +4,7 @@ Each piece gives the same numbers as stock tinygrad (tested: tests/test_fastpath
   replay.py         a captured TinyJit step called straight from a plan, without tinygrad's per-call bookkeeping
   cpu_threads.py    the pieces tinygrad splits a big CPU kernel into, run on a thread pool instead of one by one
   program_cache.py  lowered kernels kept in tinygrad's disk cache, so a new process does not lower them again
+  beam_guard.py     BEAM choices timed once against tinygrad's stock kernels: a slower one is not used
   buffers.py        batches copied straight into preallocated device buffers, scalars read straight out of theirs
 
 They were written against tinygrad TINYGRAD_VERSION. The CLI calls install() once at start-up (tests and bench scripts
@@ -18,7 +19,7 @@ from pathlib import Path
 TINYGRAD_VERSION = "0.14.0"  # the version whose internals these pieces use
 STOCK_ENV = "EXPLORER_STOCK"
 _on = False
-_replay = _buffers = _cpu_threads = None  # the installed pieces' modules
+_replay = _buffers = _cpu_threads = _beam_guard = None  # the installed pieces' modules
 status = "stock tinygrad (fast path not installed)"  # what runs, in words (the CLI prints it)
 
 
@@ -27,7 +28,7 @@ def stock_requested() -> bool: return os.environ.get(STOCK_ENV, "").strip().lowe
 
 def install(stock: bool = False) -> str | None:
   """Install every piece, or none: returns None, or the one notice line that says why stock tinygrad runs instead."""
-  global _on, status, _replay, _buffers, _cpu_threads
+  global _on, status, _replay, _buffers, _cpu_threads, _beam_guard
   if _on: return None
   if stock or stock_requested():
     status = f"stock tinygrad (--stock / {STOCK_ENV}=1)"
@@ -41,14 +42,15 @@ def install(stock: bool = False) -> str | None:
     status = f"stock tinygrad (the fast path was written for tinygrad {TINYGRAD_VERSION}, this is {found})"
     return f"notice: the CPU fast path was written for tinygrad {TINYGRAD_VERSION}, not {found}: running stock tinygrad (same numbers, slower)"
   try:
-    from explorer.fastpath import buffers, cpu_threads, program_cache, replay
-    for piece in (buffers, cpu_threads, program_cache, replay): piece.check()
-    program_cache.install()  # the only piece that patches tinygrad up front (cpu_threads does when --threads > 1)
+    from explorer.fastpath import beam_guard, buffers, cpu_threads, program_cache, replay
+    for piece in (beam_guard, buffers, cpu_threads, program_cache, replay): piece.check()
+    beam_guard.install()  # the pieces that patch tinygrad up front (cpu_threads does when --threads > 1)
+    program_cache.install()
   except Exception as e:  # a renamed or removed internal: nothing is left installed
     status = "stock tinygrad (the fast path failed to install)"
     return f"notice: the CPU fast path could not be installed ({type(e).__name__}: {' '.join(str(e).split())[:200]}): running stock tinygrad (same numbers, slower)"
-  _replay, _buffers, _cpu_threads = replay, buffers, cpu_threads
-  _on, status = True, "CPU fast path (replay, kernel threads, lowered-kernel disk cache)"
+  _replay, _buffers, _cpu_threads, _beam_guard = replay, buffers, cpu_threads, beam_guard
+  _on, status = True, "CPU fast path (replay, kernel threads, lowered-kernel disk cache, BEAM choices checked)"
   return None
 
 
@@ -97,6 +99,11 @@ def default_threads(workers: int = 1) -> int:
 def one_thread():
   """A block in which kernels run on the calling thread only (BEAM search times them that way)."""
   return _cpu_threads.one_thread() if _on else contextlib.nullcontext()
+
+
+def beam_notice(command: str) -> str | None:
+  """One line when a kernel search since the last call ran under load or a BEAM choice was not used (else None)."""
+  return _beam_guard.notice(command) if _on else None
 
 
 def kernel_pieces() -> int:
