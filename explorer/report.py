@@ -4,7 +4,7 @@ Per (suite, dataset) a folder (the results folder itself for experiments/mnist) 
 category, mean ± std over repeats, a noise-aware verdict, per-axis swings, overfit and efficiency tables), <model>.csv
 (one row per run) and plots/<model>/*.png; comparison.md when several models share the folder; index.md at the top."""
 from __future__ import annotations
-import base64, csv, hashlib, json, math, os, statistics, sys, zlib
+import base64, csv, hashlib, json, math, os, shlex, statistics, sys, zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -450,8 +450,9 @@ def best_model_section(plot: Plotter, best: Group, dataset: str, suite: str, res
       path = weights_for_record(results_dir, r)
       if path.exists(): kept.append(f"[{r['name']}.safetensors]({os.path.relpath(path, folder.resolve())}) ({path.stat().st_size / 1e6:.1f} MB)")
     if kept:
+      elsewhere = "" if Path(results_dir).resolve() == Path("results").resolve() else f" --results {shlex.quote(str(results_dir))}"
       lines += [f"Weights of {code(best.name)}: " + " · ".join(kept) + f". Check them with `python mnist_explorer.py evaluate "
-                f"{best.done[0]['name']} --config {suite}.toml --dataset {dataset}`, classify images with `predict`.", ""]
+                f"{best.done[0]['name']} --config {suite}.toml --dataset {dataset}{elsewhere}`, classify images with `predict`.", ""]
   return lines
 
 

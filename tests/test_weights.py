@@ -98,6 +98,7 @@ def test_report_shows_the_best_configurations_errors_and_weights(trained):
   for png in ("best-confusion.png", "best-errors.png"):
     assert f"(plots/mlp/{png})" in md and (trained / "results" / "study-mnist" / "plots" / "mlp" / png).stat().st_size > 1000
   assert f"[good.safetensors](../runs/study/mnist/mlp/{file_of(run_dir(trained), 'good', 'safetensors').name})" in md
+  assert "`python mnist_explorer.py evaluate good --config study.toml --dataset mnist`" in md, "the default results folder needs no --results"
 
 
 def test_save_weights_all_and_none(tmp_path, mnist):

@@ -134,4 +134,4 @@ def notice(command: str) -> str | None:
   if busy:
     return (f"notice: kernel search ran while other processes kept {others / wall:.1f} of {os.cpu_count() or 1} cores busy, "
             f"so its timings were noisy; {rejected} of its choices ran slower than tinygrad's stock kernels and are not used; {again}")
-  return f"notice: {rejected} kernel choices in tinygrad's BEAM cache run slower than its stock kernels and are not used; {again}"
+  return f"notice: {rejected} BEAM kernel choices run slower than tinygrad's stock kernels and are not used; {again}"
