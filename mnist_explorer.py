@@ -44,7 +44,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--beam", type=int, default=0, metavar="N",
                  help="tinygrad BEAM kernel search of width N for the compiled train/eval steps (0: off). "
                       "About 2x faster steps on CPU; the first run of each shape searches for minutes, later runs read "
-                      "tinygrad's on-disk cache")
+                      "tinygrad's on-disk cache. On the CPU, a choice slower than tinygrad's stock kernel is not used, "
+                      "and a search that shared the cores with other processes is reported")
   p.add_argument("--threads", type=int, metavar="N",
                  help="CPU threads per explorer process for tinygrad's kernels (default: the cores divided by --workers, "
                       "at most tinygrad's NUM_CPU_THREADS split); 1 is tinygrad's own one-thread execution")
