@@ -51,7 +51,7 @@ def _guarded(beam_search):
     if before is not None:
       stats["searched"] += 1
       wall, total, own = (now - then for now, then in zip(_cpu_seconds(), before))
-      if wall >= MIN_MEASURED_S:
+      if wall > 0 and wall >= MIN_MEASURED_S:
         _searching[0] += wall
         _searching[1] += max(0.0, total - own)
         stats["searched_busy"] += (total - own) / wall > BUSY_CORES
@@ -127,7 +127,7 @@ def notice(command: str) -> str | None:
   """One line about the searches and checks since the last call, or None when there is nothing to tell."""
   global _rejected
   (wall, others), rejected = _searching, _rejected
-  busy = wall >= MIN_MEASURED_S and others / wall > BUSY_CORES
+  busy = wall > 0 and wall >= MIN_MEASURED_S and others / wall > BUSY_CORES
   _searching[:], _rejected = [0.0, 0.0], 0
   if not busy and not rejected: return None
   again = f"to search again on a quiet machine: IGNORE_BEAM_CACHE=1 {command}"
