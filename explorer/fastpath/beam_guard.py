@@ -14,6 +14,7 @@ import functools, multiprocessing, os, time
 from tinygrad.codegen.opt import heuristic, search
 from tinygrad.helpers import IGNORE_BEAM_CACHE, diskcache_get, diskcache_put
 from tinygrad.uop.ops import Ops
+from explorer.fastpath.program_cache import beam_key
 
 ROUNDS = 5  # timings of each kernel, alternating, the best one counts
 SLOWER = 1.10  # a choice slower than the stock kernel by more than this is not used
@@ -34,11 +35,6 @@ def check() -> None:
 
 def install() -> None:
   if not getattr(search.beam_search, "guards", False): search.beam_search = _guarded(search.beam_search)
-
-
-def beam_key(s, amt: int, allow_test_size) -> dict:
-  """The key tinygrad's BEAM cache stores a kernel's choice by (search.beam_search builds the same)."""
-  return {"ast": s.ast.key, "amt": amt, "allow_test_size": allow_test_size, "device": s.ren.target.device, "suffix": s.ren.suffix}
 
 
 def _guarded(beam_search):

@@ -60,11 +60,16 @@ def enabled() -> bool: return os.environ.get("EXPLORER_PROGRAM_CACHE", "1") != "
 def readable() -> bool: return enabled() and DEBUG < 4 and not IGNORE_BEAM_CACHE
 
 
+def beam_key(s, amt: int, allow_test_size) -> dict:
+  """The key tinygrad's BEAM cache stores a kernel's choice by (search.beam_search builds the same)."""
+  return {"ast": s.ast.key, "amt": amt, "allow_test_size": allow_test_size, "device": s.ren.target.device, "suffix": s.ren.suffix}
+
+
 def _recording(beam_search):
   """beam_search, noting the choice it returns under the key tinygrad's BEAM cache stores it by."""
   @functools.wraps(beam_search)
   def recorded(s, rawbufs, var_vals, amt, allow_test_size=True, *args, **kwargs):
-    key = {"ast": s.ast.key, "amt": amt, "allow_test_size": allow_test_size, "device": s.ren.target.device, "suffix": s.ren.suffix}
+    key = beam_key(s, amt, allow_test_size)
     k = beam_search(s, rawbufs, var_vals, amt, allow_test_size, *args, **kwargs)
     _searches.append((key, diskcache_get("beam_search", key)))
     return k
