@@ -6,7 +6,7 @@ PyTorch script of the same configurations (bench/torch_suite.py): wall time of e
   python bench/vs_torch.py --model cnn --repeat 2           twice, the second time in reverse order
   python bench/vs_torch.py --ways main --max-steps 5        a quick smoke: every configuration capped at 5 steps
 
-Ways: main = `JIT=1 python mnist_explorer.py <model>`; fast = the same with `--workers 2 --beam 2` (its first run on a
+Ways: main = `JIT=1 python mnist_explorer.py <model>`; workers = the same with `--workers 2`; fast = with `--workers 2 --beam 2` (its first run on a
 machine searches kernels for minutes and keeps the choice for good: run it on a quiet machine). Each command runs as a
 subprocess into a fresh temporary results folder (nothing is skipped), its wall time measured around the whole command
 (start-up, data loading, compiling, reports included). Prints markdown to paste into the README.
@@ -23,7 +23,8 @@ from explorer.errors import UserError  # noqa: E402
 from explorer.machine import available_cores, cpu_name  # noqa: E402
 from explorer.store import load_records  # noqa: E402
 
-WAYS = {"main": [], "fast": ["--workers", "2", "--beam", "2"]}  # the README's main command and its fast way
+# the README's main command, the same on two processes, and the fast way (with BEAM's search)
+WAYS = {"main": [], "workers": ["--workers", "2"], "fast": ["--workers", "2", "--beam", "2"]}
 TORCH = "torch"
 
 
@@ -76,7 +77,7 @@ def largest_difference(acc: dict, ref: dict) -> tuple[float | None, int]:
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default="mlp", choices=("mlp", "cnn"), help="which default suite (default mlp)")
-  p.add_argument("--ways", default="main,fast", help="explorer ways, comma-separated: main, fast (default main,fast)")
+  p.add_argument("--ways", default="main,fast", help="explorer ways, comma-separated: main, workers, fast (default main,fast)")
   p.add_argument("--max-steps", type=int, help="cap every configuration's steps at N, in every way (a quick smoke, not a figure)")
   p.add_argument("--repeat", type=int, default=1, help="run the whole comparison K times, every other time in reverse order")
   p.add_argument("--torch-threads", type=int, default=available_cores(), help="threads of the PyTorch script (default: the cores)")
@@ -85,7 +86,7 @@ def parse_args(argv):
   args = p.parse_args(argv)
   args.ways = [w.strip() for w in args.ways.split(",") if w.strip()]
   if bad := [w for w in args.ways if w not in WAYS]: p.error(f"unknown way '{bad[0]}' (ways: {', '.join(WAYS)})")
-  if not args.ways: p.error("--ways needs at least one of: main, fast")
+  if not args.ways: p.error("--ways needs at least one of: main, workers, fast")
   if args.max_steps is not None and args.max_steps < 1: p.error("--max-steps must be >= 1")
   if args.repeat < 1: p.error("--repeat must be >= 1")
   if args.torch_threads < 1: p.error("--torch-threads must be >= 1")

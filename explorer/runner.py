@@ -236,10 +236,16 @@ def train_with_progress(trainer, spec: RunSpec, data, console: Console) -> dict:
         bar.update(task, description=spec.name)
         if trainer.beam: console.print(f"[dim]{step}: kernel search and compile took {seconds:.1f}s (not counted as training time)[/]")
 
+    def tuned(kernels: int) -> None:  # the first run of a shape on this machine: tiles fitted to its CPU, once
+      bar.update(task, description=f"{spec.name}: compiling, fitting kernel tiles to this CPU ({kernels} tuned, once per machine)")
+
     trainer.on_compile = compiling
+    fastpath.on_tiles_tuned(tuned)
     try: return trainer.run(cfg, data, progress)
     finally:
       trainer.on_compile = None
+      fastpath.on_tiles_tuned(None)
+      if line := fastpath.tiles_notice(): console.print(f"[dim]{escape(line)}[/]")
       if trainer.beam and (line := fastpath.beam_notice(search_again_command())): console.print(f"[yellow]{escape(line)}[/]")
 
 

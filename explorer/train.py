@@ -124,8 +124,9 @@ class Trainer:
       if announce: self.on_compile(name, seconds)
 
   def _compile_call(self, jit: Callable, *args: Tensor):
-    if not self.beam: return jit(*args)
-    with Context(BEAM=self.beam), fastpath.one_thread(): return jit(*args)
+    # --beam N: BEAM's search; else, on the CPU fast path, register tiles fitted to this CPU (fastpath/tiles.py)
+    if not (beam := self.beam or fastpath.tile_beam()): return jit(*args)
+    with Context(BEAM=beam), fastpath.one_thread(): return jit(*args)
 
   def prepare(self, cfg: RunConfig) -> Compiled:
     key = cfg.shape_key()

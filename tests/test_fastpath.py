@@ -10,10 +10,10 @@ from tests.conftest import make_digits
 
 ROOT = Path(__file__).resolve().parents[1]
 # dropout (the device RNG), BatchNorm (running stats written by the step), two configurations of one shape (a reused
-# compiled step), an evaluation every 4 steps
+# compiled step), an evaluation every 4 steps; the MLP wide enough that its matmuls get tiles fitted to this CPU
 SUITE = """
 [mlp.defaults]
-width = 32
+width = 256
 steps = 12
 batch = 32
 eval_every = 4
@@ -246,3 +246,36 @@ def test_the_search_again_command_is_one_process(monkeypatch):
   from explorer import runner
   monkeypatch.setattr(sys, "argv", ["mnist_explorer.py", "mlp", "--workers", "2", "--beam", "2", "--threads=1", "--results", "my results"])
   assert runner.search_again_command() == "python mnist_explorer.py mlp --beam 2 --results 'my results'"
+
+
+# ---- register tiles fitted to this CPU (explorer/fastpath/tiles.py): the same bits as the stock kernels, tuned once
+
+TILES = """
+import numpy as np
+from tinygrad import Context, Tensor
+from explorer import fastpath
+assert fastpath.install() is None
+from explorer.fastpath import tiles
+rng = np.random.default_rng(0)
+a, b = (Tensor(rng.standard_normal(s, dtype=np.float32)).realize() for s in ((256, 512), (512, 384)))
+x, w = Tensor(rng.standard_normal((16, 1, 28, 28), dtype=np.float32)).realize(), Tensor(rng.standard_normal((16, 1, 3, 3), dtype=np.float32)).realize()
+def compute(): return [(a @ b).numpy(), x.conv2d(w, padding=1).numpy(), (a.T @ a).numpy()]
+stock = compute()
+with Context(BEAM=tiles.SENTINEL): fitted = compute()
+assert all(s.tobytes() == f.tobytes() for s, f in zip(stock, fitted)), "bit-identical to the stock kernels"
+print(tiles.stats["tuned"], tiles.stats["cached"], tiles.stats["not_identical"])
+print(tiles.notice())
+"""
+
+
+def test_tiles_fitted_to_this_cpu_give_the_stock_kernels_bits_and_are_tuned_once(tmp_path):
+  first = run_with_cache(TILES, tmp_path / "cache.db")
+  assert first.returncode == 0, first.stdout + first.stderr
+  tuned, cached, not_identical = map(int, first.stdout.splitlines()[0].split())
+  assert tuned == 3 and cached == 0, "two matmuls and a convolution, each over a million multiply-adds"
+  assert not_identical >= 1, "the convolution without its 3x3 unroll sums in another order: that tile is not used"
+  assert first.stdout.splitlines()[1].startswith("tuned the register tiles of 3 kernels for this CPU in ")
+  # lowered again (the explorer's own program cache off): each kernel's tile is read from disk, nothing is timed again
+  again = run_with_cache(TILES, tmp_path / "cache.db", EXPLORER_PROGRAM_CACHE="0")
+  assert again.returncode == 0, again.stdout + again.stderr
+  assert again.stdout.splitlines()[0].split()[:2] == ["0", "3"] and again.stdout.splitlines()[1] == "None"

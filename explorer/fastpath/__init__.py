@@ -5,6 +5,7 @@ Each piece gives the same numbers as stock tinygrad (tested: tests/test_fastpath
   cpu_threads.py    the pieces tinygrad splits a big CPU kernel into, run on a thread pool instead of one by one
   program_cache.py  lowered kernels kept in tinygrad's disk cache, so a new process does not lower them again
   beam_guard.py     BEAM choices timed once against tinygrad's stock kernels: a slower one is not used
+  tiles.py          without BEAM, the big kernels' register tiles fitted to this CPU in seconds (bit-identical)
   buffers.py        batches copied straight into preallocated device buffers, scalars read straight out of theirs
 
 They were written against tinygrad TINYGRAD_VERSION. The CLI calls install() once at start-up (tests and bench scripts
@@ -19,7 +20,7 @@ from pathlib import Path
 TINYGRAD_VERSION = "0.14.0"  # the version whose internals these pieces use
 STOCK_ENV = "EXPLORER_STOCK"
 _on = False
-_replay = _buffers = _cpu_threads = _beam_guard = None  # the installed pieces' modules
+_replay = _buffers = _cpu_threads = _beam_guard = _tiles = None  # the installed pieces' modules
 status = "stock tinygrad (fast path not installed)"  # what runs, in words (the CLI prints it)
 
 
@@ -28,7 +29,7 @@ def stock_requested() -> bool: return os.environ.get(STOCK_ENV, "").strip().lowe
 
 def install(stock: bool = False) -> str | None:
   """Install every piece, or none: returns None, or the one notice line that says why stock tinygrad runs instead."""
-  global _on, status, _replay, _buffers, _cpu_threads, _beam_guard
+  global _on, status, _replay, _buffers, _cpu_threads, _beam_guard, _tiles
   if _on: return None
   if stock or stock_requested():
     status = f"stock tinygrad (--stock / {STOCK_ENV}=1)"
@@ -42,15 +43,16 @@ def install(stock: bool = False) -> str | None:
     status = f"stock tinygrad (the fast path was written for tinygrad {TINYGRAD_VERSION}, this is {found})"
     return f"notice: the CPU fast path was written for tinygrad {TINYGRAD_VERSION}, not {found}: running stock tinygrad (same numbers, slower)"
   try:
-    from explorer.fastpath import beam_guard, buffers, cpu_threads, program_cache, replay
-    for piece in (beam_guard, buffers, cpu_threads, program_cache, replay): piece.check()
+    from explorer.fastpath import beam_guard, buffers, cpu_threads, program_cache, replay, tiles
+    for piece in (beam_guard, buffers, cpu_threads, program_cache, replay, tiles): piece.check()
     beam_guard.install()  # the pieces that patch tinygrad up front (cpu_threads does when --threads > 1)
     program_cache.install()
+    tiles.install()
   except Exception as e:  # a renamed or removed internal: nothing is left installed
     status = "stock tinygrad (the fast path failed to install)"
     return f"notice: the CPU fast path could not be installed ({type(e).__name__}: {' '.join(str(e).split())[:200]}): running stock tinygrad (same numbers, slower)"
-  _replay, _buffers, _cpu_threads, _beam_guard = replay, buffers, cpu_threads, beam_guard
-  _on, status = True, "CPU fast path (replay, kernel threads, lowered-kernel disk cache, BEAM choices checked)"
+  _replay, _buffers, _cpu_threads, _beam_guard, _tiles = replay, buffers, cpu_threads, beam_guard, tiles
+  _on, status = True, "CPU fast path (replay, kernel threads, lowered-kernel disk cache, tiles fitted to this CPU, BEAM choices checked)"
   return None
 
 
@@ -99,6 +101,23 @@ def default_threads(workers: int = 1) -> int:
 def one_thread():
   """A block in which kernels run on the calling thread only (BEAM search times them that way)."""
   return _cpu_threads.one_thread() if _on else contextlib.nullcontext()
+
+
+def tile_beam() -> int:
+  """The BEAM value that compiles a step with tiles fitted to this CPU (tiles.py), or 0: tiles off, stock tinygrad,
+  or tinygrad's own BEAM env var set (it keeps its meaning)."""
+  from tinygrad.helpers import BEAM
+  return _tiles.SENTINEL if _on and _tiles.enabled() and BEAM.value == 0 else 0
+
+
+def on_tiles_tuned(callback) -> None:
+  """callback(kernels tuned since the last notice) after each kernel tuned, or None: the progress of a first run."""
+  if _on: _tiles.on_tuned = callback
+
+
+def tiles_notice() -> str | None:
+  """One line when kernels were tuned for this CPU since the last call (else None)."""
+  return _tiles.notice() if _on else None
 
 
 def beam_notice(command: str) -> str | None:
