@@ -11,10 +11,10 @@ search runs, the CPU time other processes use is measured (/proc/stat less this 
 search that shared the cores with them is reported, with how to search again."""
 from __future__ import annotations
 import functools, multiprocessing, os, time
-from tinygrad.codegen.opt import heuristic, search
+from tinygrad.codegen.opt import search
 from tinygrad.helpers import IGNORE_BEAM_CACHE, diskcache_get, diskcache_put
-from tinygrad.uop.ops import Ops
 from explorer.fastpath.program_cache import beam_key
+from explorer.fastpath.tiles import stock_kernel
 
 ROUNDS = 5  # timings of each kernel, alternating, the best one counts
 SLOWER = 1.10  # a choice slower than the stock kernel by more than this is not used
@@ -29,8 +29,6 @@ _rejected = 0  # choices not used since the last notice
 def check() -> None:
   from explorer.fastpath import require
   require(search, "beam_search", "_try_compile", "_time_program", "_ensure_buffer_alloc")
-  require(heuristic, "hand_coded_optimizations")
-  require(Ops, "STAGE")
 
 
 def install() -> None:
@@ -59,7 +57,7 @@ def _guarded(beam_search):
 def _better(s, chosen, rawbufs, var_vals, key: dict):
   """The searched choice, or the stock kernel where the choice runs slower."""
   if (verdict := diskcache_get(TABLE, key)) is None:
-    stock = _stock(s)
+    stock = stock_kernel(s)
     if repr(stock.applied_opts) == key["opts"]: return chosen  # the search chose what tinygrad would have
     chosen_s, stock_s = _time_both(chosen, stock, rawbufs, var_vals)
     verdict = {"chosen_s": chosen_s, "stock_s": stock_s, "use_stock": chosen_s > stock_s * SLOWER}
@@ -71,18 +69,12 @@ def _better(s, chosen, rawbufs, var_vals, key: dict):
   elif verdict["use_stock"]:
     stats["rejected_cached"] += 1
     _count_rejected(True)
-  return _stock(s) if verdict["use_stock"] else chosen
+  return stock_kernel(s) if verdict["use_stock"] else chosen
 
 
 def _count_rejected(rejected: bool) -> None:
   global _rejected
   _rejected += rejected
-
-
-def _stock(s):
-  """What tinygrad does without BEAM (postrange.apply_opts): its hand-coded optimizations, none for multi-block kernels."""
-  if any(u.op is Ops.STAGE for u in s.ast.backward_slice): return s.copy()
-  return heuristic.hand_coded_optimizations(s.copy())
 
 
 def _time_both(chosen, stock, rawbufs, var_vals) -> tuple[float, float]:

@@ -59,7 +59,7 @@ def _dispatch(beam_search):
   return dispatched
 
 
-def _stock(s):
+def stock_kernel(s):
   """What tinygrad does without BEAM (postrange.apply_opts): its hand-coded optimizations, none for multi-block kernels."""
   if any(u.op is Ops.STAGE for u in s.ast.backward_slice): return s.copy()
   return heuristic.hand_coded_optimizations(s.copy())
@@ -67,7 +67,7 @@ def _stock(s):
 
 def tuned(s, rawbufs, var_vals):
   """s with the fastest bit-identical tile of its stock kernel (the stock kernel itself for small ones)."""
-  stock = _stock(s)
+  stock = stock_kernel(s)
   if s.reduceop is None or prod(s.full_shape) < MIN_OPS: return stock
   key = {"ast": s.ast.key, "device": s.ren.target.device, "suffix": s.ren.suffix, "host": HOST}
   if (verdict := diskcache_get(TABLE, key)) is not None:
