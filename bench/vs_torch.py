@@ -2,7 +2,7 @@
 """A model's default suite (experiments.toml) through the explorer, each way the README recommends, and through the plain
 PyTorch script of the same configurations (bench/torch_suite.py): wall time of each whole command, ratios, accuracies.
 
-  python bench/vs_torch.py                                  mlp: the main command, the fast way and the PyTorch script
+  python bench/vs_torch.py                                  mlp: the main command, --workers 2 --beam 2 and the PyTorch script
   python bench/vs_torch.py --model cnn --repeat 2           twice, the second time in reverse order
   python bench/vs_torch.py --ways main --max-steps 5        a quick smoke: every configuration capped at 5 steps
 
