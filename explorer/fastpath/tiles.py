@@ -46,7 +46,8 @@ def enabled() -> bool: return os.environ.get("EXPLORER_TILES", "1") != "0"
 
 
 def install() -> None:
-  """Put the SENTINEL dispatch in front of tinygrad's beam_search (outside every other wrapper)."""
+  """Put the SENTINEL dispatch in front of tinygrad's beam_search, outside the BEAM guard and the program cache's
+  recorder (cpu_threads' splitter, wrapped around it later, passes SENTINEL kernels through unsplit)."""
   if not getattr(search.beam_search, "tiles", False): search.beam_search = _dispatch(search.beam_search)
 
 
