@@ -308,9 +308,10 @@ def stale_claims(results: Path) -> list[tuple[Path, dict, str | None]]:
 
 
 def clear_stale(results: Path) -> list[tuple[Path, dict, str | None]]:
-  """Remove dead explorers' claims and half-written temp files: their runs are trained again (or are already finished)."""
+  """Remove dead explorers' claims and half-written temp files (records, weights, reports, plots): their runs are trained
+  again (or are already finished) and their reports rebuilt."""
   stale = stale_claims(results)
   for path, _, _ in stale: path.unlink(missing_ok=True)
-  remove_orphan_temps(Path(results) / "runs")
+  remove_orphan_temps(Path(results))
   return stale
 

@@ -37,18 +37,15 @@ def metadata(record: dict, mode: str) -> dict[str, str]:
 
 
 def save(path: Path, state: dict[str, np.ndarray], meta: dict[str, str]) -> int:
-  """Write atomically (temp file + rename); returns the file size in bytes."""
+  """Write atomically (a pid-named temp file + rename: a killed writer's temp is swept by the next explorer); returns the
+  file size in bytes."""
   from tinygrad import Tensor
   from tinygrad.nn.state import safe_save
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  try:
+
+  def write(tmp: Path) -> None:
     safe_save({k: Tensor(np.ascontiguousarray(v, np.float32)) for k, v in state.items()}, str(tmp), meta)
     os.chmod(tmp, 0o644)  # tinygrad's disk device creates it executable
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
-  return path.stat().st_size
+  return store.write_atomic(Path(path), write).stat().st_size
 
 
 def read_metadata(path: Path) -> dict[str, str]:

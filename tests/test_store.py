@@ -1,5 +1,6 @@
 """The store: atomic records, claims (live, stale after SIGKILL, taken over), resume rule, disk full, garbage records."""
 import errno, json, os, socket, subprocess, sys, time
+import numpy as np
 import pytest
 from explorer import store
 from explorer.errors import UserError
@@ -26,6 +27,31 @@ def test_a_temp_file_of_a_killed_writer_is_removed_but_not_a_live_one(tmp_path):
   live.write_text("{half")
   assert store.remove_orphan_temps(tmp_path) == [orphan]
   assert live.exists() and not orphan.exists()
+
+
+def test_clearing_stale_work_sweeps_orphan_temps_everywhere_in_the_results_folder(tmp_path):
+  # a SIGKILL can land while a record, a weights file, a report or a plot is half written (seen in CI: a plot's temp)
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+  orphans = [tmp_path / "runs" / "s" / "mnist" / "mlp" / f".a.json.{dead}.k1.tmp",
+             tmp_path / "runs" / "s" / "mnist" / "mlp" / f".a.safetensors.{dead}.k2.tmp",
+             tmp_path / "exp-mnist" / "plots" / "mlp" / f".category-c0.png.{dead}.k3.tmp",
+             tmp_path / "exp-mnist" / f".mlp.md.{dead}.k4.tmp"]
+  live = tmp_path / "exp-mnist" / "plots" / "mlp" / f".category-c1.png.{os.getpid()}.k5.tmp"
+  for p in orphans + [live]:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(b"half")
+  store.clear_stale(tmp_path)
+  assert not any(p.exists() for p in orphans) and live.exists()
+
+
+def test_a_weights_file_is_written_through_a_temp_the_sweep_recognises(tmp_path, monkeypatch):
+  from explorer import weights
+  seen = []
+  real = store.write_atomic
+  monkeypatch.setattr(store, "write_atomic", lambda path, write: real(path, lambda tmp: (seen.append(tmp.name), write(tmp))))
+  weights.save(tmp_path / "a.safetensors", {"w": np.ones((2, 2), np.float32)}, {"format": weights.FORMAT})
+  assert len(seen) == 1 and store.TEMP_RE.match(seen[0]) and int(store.TEMP_RE.match(seen[0]).group(1)) == os.getpid()
+  assert os.listdir(tmp_path) == ["a.safetensors"]
 
 
 def test_disk_full_is_one_line_and_keeps_the_old_record(tmp_path, monkeypatch):
