@@ -254,31 +254,20 @@ def report(results: Path, console, verbose: bool = False) -> int:
   return 0
 
 
-def exit_after_stop(code: int) -> None:
-  """Exit without waiting on tinygrad's compile pool. A SIGTERM sent to the whole process group (kill -- -PGID, a job
-  scheduler, a container stop) also kills the pool's idle workers, one of which holds the pool's queue lock while it
-  waits; the pool's exit finalizer would then wait for that lock forever. The records are on disk by now: kill the
-  pool's processes and leave without the finalizers."""
-  import multiprocessing
-  if not (children := multiprocessing.active_children()): sys.exit(code)
-  for child in children: child.kill()
-  sys.stdout.flush(); sys.stderr.flush()
-  os._exit(code)
-
-
 def cli() -> None:
   """Entry point: user mistakes are one line on stderr (exit 2), never a traceback."""
   stop.install()  # SIGTERM stops like Ctrl-C: finished runs are kept, the interrupted one is recorded as interrupted
   try:
-    sys.exit(main())
+    code = main()
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(e.exit_code)
+    code = e.exit_code
   except KeyboardInterrupt:
     print("interrupted: finished runs are kept; re-run the same command to resume", file=sys.stderr)
-    exit_after_stop(130)
+    code = 130
   except BrokenPipeError:  # output piped into head & co.
-    sys.exit(0)
+    code = 0
+  stop.leave(code)  # records and reports are on disk: a late SIGTERM or tinygrad's pool cannot change the outcome now
 
 
 if __name__ == "__main__":

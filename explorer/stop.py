@@ -4,9 +4,11 @@ The handler raises KeyboardInterrupt, but Python drops an exception raised while
 frees buffers there, so a signal often lands in one). The handler therefore also sets a flag that the training loop
 checks after every step. Only the first signal raises: a second one must not break the saving of the records.
 
+Once everything is written and printed, `leave(code)` ends the process: a stop from then on has nothing left to stop.
+
 Inside `with stop.holding:` the raise waits until the block ends. A kernel split across threads uses it: cut between
 handing out its pieces and counting them back, it would leave the pool and the caller out of step (a hang)."""
-import signal
+import os, signal, sys
 
 _requested = False  # a stop was asked for
 _pending = False  # ... and its KeyboardInterrupt waits for the end of a `holding` block
@@ -44,3 +46,18 @@ def install() -> None:
 def check() -> None:
   """Raise KeyboardInterrupt if a stop was asked for, even when the handler's own exception was swallowed."""
   if _requested: raise KeyboardInterrupt
+
+
+def leave(code: int):
+  """End the process with code, its results on disk and printed, without Python's own shutdown. That shutdown first puts
+  the default signal handlers back, so a SIGTERM landing in it ended a cleanly finished explorer as killed (exit -15,
+  seen in the chaos test); and tinygrad's compile-pool finalizer can wait forever on a queue lock that a worker killed by
+  a group-wide SIGTERM held. A signal from here on leaves with the same code at once. Exit hooks do not run (tinygrad's
+  PROFILE viewer and process-replay capture are debugging aids that need a normal exit)."""
+  for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, lambda *_: os._exit(code))
+  import multiprocessing
+  for child in multiprocessing.active_children(): child.kill()  # tinygrad's idle compile workers
+  for stream in (sys.stdout, sys.stderr):
+    try: stream.flush()
+    except (OSError, ValueError): pass  # a closed pipe (output piped into head) has nothing left to receive
+  os._exit(code)

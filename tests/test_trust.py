@@ -235,6 +235,30 @@ mnist_explorer.cli()
 """
 
 
+SLOW_TEARDOWN_MAIN = """
+import sys, time
+sys.argv = ["mnist_explorer.py", "report"]
+import mnist_explorer
+
+class SlowToFree:  # a module global freed in Python's shutdown, after it has put the default signal handlers back
+  def __del__(self): time.sleep(3)
+keep = SlowToFree()
+mnist_explorer.main = lambda argv=None: print("finished", flush=True) or 0
+mnist_explorer.cli()
+"""
+
+
+def test_a_sigterm_after_a_clean_finish_still_exits_0(tmp_path):
+  # seen in the chaos test: a SIGTERM in the last moments of a finished suite ended it as killed (-15)
+  p = subprocess.Popen([sys.executable, "-c", SLOW_TEARDOWN_MAIN], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  assert p.stdout.readline() == "finished\n"
+  time.sleep(1.0)
+  if p.poll() is None: p.send_signal(signal.SIGTERM)
+  out, err = p.communicate(timeout=60)
+  assert p.returncode == 0 and "Traceback" not in err, (p.returncode, err)
+
+
 def test_sigterm_while_waiting_for_a_helper_stops_the_helper_and_rebuilds_the_report(tmp_path, data_dir):
   slow = TINY_SUITE.replace("steps = 6", "steps = 100000")
   (tmp_path / "exp.toml").write_text(slow)
