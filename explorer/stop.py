@@ -4,7 +4,7 @@ The handler raises KeyboardInterrupt, but Python drops an exception raised while
 frees buffers there, so a signal often lands in one). The handler therefore also sets a flag that the training loop
 checks after every step. Only the first signal raises: a second one must not break the saving of the records.
 
-Once everything is written and printed, `leave(code)` ends the process: a stop from then on has nothing left to stop.
+Once everything is written and printed, `leave(code)` ends the process: a stop from then on is ignored.
 
 Inside `with stop.holding:` the raise waits until the block ends. A kernel split across threads uses it: cut between
 handing out its pieces and counting them back, it would leave the pool and the caller out of step (a hang)."""
@@ -49,15 +49,18 @@ def check() -> None:
 
 
 def leave(code: int):
-  """End the process with code, its results on disk and printed, without Python's own shutdown. That shutdown first puts
-  the default signal handlers back, so a SIGTERM landing in it ended a cleanly finished explorer as killed (exit -15,
-  seen in the chaos test); and tinygrad's compile-pool finalizer can wait forever on a queue lock that a worker killed by
-  a group-wide SIGTERM held. A signal from here on leaves with the same code at once. Exit hooks do not run (tinygrad's
-  PROFILE viewer and process-replay capture are debugging aids that need a normal exit)."""
-  for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, lambda *_: os._exit(code))
+  """End the process with code, its results on disk and printed: a stop from here on has nothing left to stop, so it is
+  ignored. (Python's own shutdown puts the default handlers back, so a SIGTERM landing in it ended a cleanly finished
+  explorer as killed, exit -15: seen in the chaos test. Ignored signals stay ignored.) After a stop, tinygrad's idle
+  compile workers are killed and the process leaves without its finalizers: a SIGTERM sent to the whole process group
+  (kill -- -PGID, a job scheduler, a container stop) may have killed the worker that held the pool's queue lock, and the
+  pool's exit finalizer would wait for that lock forever."""
+  for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, signal.SIG_IGN)
   import multiprocessing
-  for child in multiprocessing.active_children(): child.kill()  # tinygrad's idle compile workers
-  for stream in (sys.stdout, sys.stderr):
-    try: stream.flush()
-    except (OSError, ValueError): pass  # a closed pipe (output piped into head) has nothing left to receive
-  os._exit(code)
+  if _requested and (children := multiprocessing.active_children()):
+    for child in children: child.kill()
+    for stream in (sys.stdout, sys.stderr):
+      try: stream.flush()
+      except (OSError, ValueError): pass  # a closed pipe (output piped into head) has nothing left to receive
+    os._exit(code)
+  sys.exit(code)
