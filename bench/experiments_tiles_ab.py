@@ -2,6 +2,9 @@
 train step (and the eval step) of one model and batch, each compiled both ways, timed in turns of STEPS calls.
   python bench/experiments_tiles_ab.py mlp 128 [rounds]"""
 import os, sys, time
+# kernels lowered in this process only: EXPLORER_TILES is switched between the two ways below, and tinygrad's compile
+# workers would keep the value they started with (wide loads follow it)
+os.environ["PARALLEL"] = "0"
 from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))

@@ -279,3 +279,40 @@ def test_tiles_fitted_to_this_cpu_give_the_stock_kernels_bits_and_are_tuned_once
   again = run_with_cache(TILES, tmp_path / "cache.db", EXPLORER_PROGRAM_CACHE="0")
   assert again.returncode == 0, again.stdout + again.stderr
   assert again.stdout.splitlines()[0].split()[:2] == ["0", "3"] and again.stdout.splitlines()[1] == "None"
+
+
+# ---- wide loads (explorer/fastpath/wide_loads.py): 8-float loads for wide tiles, in the compile workers too, same bits
+
+WIDE = """
+import os, sys, numpy as np
+from tinygrad import Context, Tensor
+from tinygrad.engine.worker import get_worker_pool
+from explorer import fastpath
+assert fastpath.install() is None
+from explorer.fastpath import tiles, wide_loads
+real = tiles._fastest_identical
+def widest(candidates, rawbufs, var_vals):  # the widest bit-identical tile, whatever the timing (its loads are the point)
+  best, times = real(candidates, rawbufs, var_vals)
+  return max(times, key=lambda i: max(o.arg for o in candidates[i].applied_opts if o.op.name == "UPCAST")), times
+tiles._fastest_identical = widest
+rng = np.random.default_rng(0)
+a, b = (Tensor(rng.standard_normal(s, dtype=np.float32)).realize() for s in ((256, 512), (512, 512)))
+stock = (a @ b).numpy()
+with Context(BEAM=tiles.SENTINEL, DEBUG=4): fitted = (a @ b).numpy()
+assert stock.tobytes() == fitted.tobytes()
+np.save(sys.argv[1], fitted)
+pool = get_worker_pool()
+print("workers:", pool.apply(wide_loads.installed), pool.apply(wide_loads.active))
+"""
+
+
+def test_wide_loads_reach_the_compile_workers_and_change_no_bit(tmp_path):
+  runs = {}
+  for tiles_on in ("1", "0"):
+    r = subprocess.run([sys.executable, "-c", WIDE, str(tmp_path / f"out{tiles_on}.npy")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "DEV": "CPU", "CACHEDB": str(tmp_path / f"cache{tiles_on}.db"), "EXPLORER_TILES": tiles_on})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    runs[tiles_on] = r.stdout
+  assert "float8" in runs["1"] and "workers: True True" in runs["1"], "a 16-wide tile loads 8 floats at a time, in every process"
+  assert "float8" not in runs["0"] and "workers: True False" in runs["0"], "EXPLORER_TILES=0: tinygrad's own 4-float loads"
+  assert (tmp_path / "out1.npy").read_bytes() == (tmp_path / "out0.npy").read_bytes()

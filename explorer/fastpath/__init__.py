@@ -6,6 +6,7 @@ Each piece gives the same numbers as stock tinygrad (tested: tests/test_fastpath
   program_cache.py  lowered kernels kept in tinygrad's disk cache, so a new process does not lower them again
   beam_guard.py     BEAM choices timed once against tinygrad's stock kernels: a slower one is not used
   tiles.py          without BEAM, the big kernels' register tiles fitted to this CPU in seconds (bit-identical)
+  wide_loads.py     loads and stores of 8 floats, so those tiles run in 256-bit registers (same arithmetic)
   buffers.py        batches copied straight into preallocated device buffers, scalars read straight out of theirs
 
 They were written against tinygrad TINYGRAD_VERSION. The CLI calls install() once at start-up (tests and bench scripts
@@ -43,16 +44,17 @@ def install(stock: bool = False) -> str | None:
     status = f"stock tinygrad (the fast path was written for tinygrad {TINYGRAD_VERSION}, this is {found})"
     return f"notice: the CPU fast path was written for tinygrad {TINYGRAD_VERSION}, not {found}: running stock tinygrad (same numbers, slower)"
   try:
-    from explorer.fastpath import beam_guard, buffers, cpu_threads, program_cache, replay, tiles
-    for piece in (beam_guard, buffers, cpu_threads, program_cache, replay, tiles): piece.check()
+    from explorer.fastpath import beam_guard, buffers, cpu_threads, program_cache, replay, tiles, wide_loads
+    for piece in (beam_guard, buffers, cpu_threads, program_cache, replay, tiles, wide_loads): piece.check()
     beam_guard.install()  # the pieces that patch tinygrad up front (cpu_threads does when --threads > 1)
     program_cache.install()
     tiles.install()
+    wide_loads.install()
   except Exception as e:  # a renamed or removed internal: nothing is left installed
     status = "stock tinygrad (the fast path failed to install)"
     return f"notice: the CPU fast path could not be installed ({type(e).__name__}: {' '.join(str(e).split())[:200]}): running stock tinygrad (same numbers, slower)"
   _replay, _buffers, _cpu_threads, _beam_guard, _tiles = replay, buffers, cpu_threads, beam_guard, tiles
-  _on, status = True, "CPU fast path (replay, kernel threads, lowered-kernel disk cache, tiles fitted to this CPU, BEAM choices checked)"
+  _on, status = True, "CPU fast path (replay, kernel threads, lowered-kernel disk cache, tiles fitted to this CPU with wide loads, BEAM choices checked)"
   return None
 
 

@@ -20,7 +20,7 @@ from tinygrad import codegen
 from tinygrad.engine import realize
 from tinygrad.helpers import DEBUG, IGNORE_BEAM_CACHE, diskcache_get, diskcache_put
 from tinygrad.codegen.opt import search
-from explorer.fastpath import tiles
+from explorer.fastpath import tiles, wide_loads
 from explorer.machine import cpu_name
 
 TABLE = "mnist_explorer_program_z"  # zlib-compressed pickles: a lowered program is ~25 KB raw, ~7 KB packed
@@ -50,11 +50,11 @@ def _search_wrapped_by(mark: str) -> bool:
 
 def disk_key(key: tuple) -> str:
   """tinygrad's in-process key (AST hash, renderer class and target, compile flags) plus what else shapes the program:
-  the explorer's split of searched kernels into thread pieces, the CPU it was built on and the tiles' candidate set
-  (a new one in tiles.py comes with a new table name: the kernels are tuned and lowered again)."""
+  the explorer's split of searched kernels into thread pieces, the CPU it was built on, the tiles' candidate set (a new
+  one in tiles.py comes with a new table name: the kernels are tuned and lowered again) and whether loads are wide."""
   ast_key, renderer_type, *rest = key
   return hashlib.sha256(repr((ast_key, renderer_type.__module__, renderer_type.__qualname__, *rest, _search_wrapped_by("splits"), HOST,
-                              tiles.TABLE)).encode()).hexdigest()
+                              tiles.TABLE, wide_loads.installed() and wide_loads.active())).encode()).hexdigest()
 
 
 def enabled() -> bool: return os.environ.get("EXPLORER_PROGRAM_CACHE", "1") != "0"

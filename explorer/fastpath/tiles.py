@@ -1,16 +1,18 @@
 """Register tiles fitted to this CPU in seconds, without a BEAM search, with the same bits as stock tinygrad.
 
 tinygrad's hand-coded optimizations give a big matmul or convolution kernel a 4x4 register tile (UPCAST 4 on two
-output axes) and unroll its reduce by 4. On this machine an 8x4 or 4x8 tile, some with the reduce left rolled, runs
-the MLP's matmuls 1.3-2.3x faster on one thread (bench/README.md, "Register tiles"), but which one depends on the
-kernel. So each big reduce kernel (at least MIN_OPS multiply-adds) is compiled up to five ways: the stock kernel and
-each of its UPCASTs doubled, with and without the stock UNROLLs (in tinygrad's compile pool). Each runs once on the
-same random inputs; those that wrote exactly the bytes the stock kernel wrote are timed on one thread, alternately,
-best of ROUNDS, and the fastest is used. (A bigger tile only changes which outputs one loop iteration computes, not the
-order of each output's sum; the check catches the rolled reduces whose order does change, as in a padded 3x3
-convolution.) The choice is kept in tinygrad's disk cache (table TABLE), so each kernel is tuned once per machine:
-1-3 s per kernel, about 10 s for a new MLP shape, where BEAM takes minutes. Bounded by construction: at most five
-compiles and 5 x ROUNDS timed runs per kernel.
+output axes) and unroll its reduce by 4. With loads of 8 floats (wide_loads.py) a tile 8 or 16 wide runs its
+multiply-adds in 256-bit registers, and on this machine the MLP's matmuls ran 2.5-4.5x faster on one thread with
+their best tile; but which tile is best depends on the kernel, and most convolutions gain nothing (bench/README.md,
+"Wide loads"). So each big reduce kernel (at least MIN_OPS multiply-adds) is compiled up to six ways: the stock
+kernel, its first and second UPCAST scaled by each of SCALES, and ROLLED of those without the stock's UNROLLs (in
+tinygrad's compile pool). Each runs once on the same random inputs; those that wrote exactly the bytes the stock
+kernel wrote are timed on one thread, alternately, best of ROUNDS (one that took over DROP x the fastest in the first
+round is not timed again), and the fastest is used. (A bigger tile only changes which outputs one loop iteration
+computes, not the order of each output's sum; the check catches the rolled reduces whose order does change, as in a
+padded 3x3 convolution.) The choice is kept in tinygrad's disk cache (table TABLE), so each kernel is tuned once per
+machine: 2-4 s per kernel, where BEAM takes minutes. Bounded by construction: at most six compiles and 6 x ROUNDS
+timed runs per kernel.
 
 It runs where tinygrad runs BEAM, which lowers kernels in the main process with the device open: the explorer compiles
 its steps with BEAM set to SENTINEL, a width only this module answers (tinygrad's search never sees it). Off with
@@ -28,7 +30,10 @@ from explorer.machine import cpu_name
 SENTINEL = 7_007_007  # the BEAM width that asks for tiles (no one searches with a beam this wide)
 MIN_OPS = 1 << 20  # smaller kernels run in well under a millisecond: not worth two more compiles
 ROUNDS = 3
-TABLE = "explorer_tiles"
+DROP = 1.5
+SCALES = ((2, 2), (4, 2), (4, 1))  # the stock 4x4 tile becomes 8x8, 16x8 and 16x4 (the first UPCAST is the wider)
+ROLLED = ((1, 1), (2, 2))  # these also with the reduce rolled (a longer inner loop can beat an unrolled one)
+TABLE = "explorer_tiles2"  # a new candidate set needs a new name: kernels tuned with the old set are tuned again
 HOST = cpu_name()
 stats = {"tuned": 0, "cached": 0, "kept_stock": 0, "not_identical": 0}  # totals (tests read them)
 _since_notice = [0, 0.0]  # kernels tuned and seconds spent since the last notice
@@ -89,12 +94,16 @@ def tuned(s, rawbufs, var_vals):
 
 
 def _variants(opts) -> list[list]:
-  """The stock opts with one UPCAST doubled at a time (4x4 -> 8x4 and 4x8), each with and without the stock's UNROLLs
-  of the reduce (a longer inner loop can beat an unrolled one once the tile is bigger)."""
-  ups = [i for i, o in enumerate(opts) if o.op is OptOps.UPCAST and o.arg]
-  doubled = [[Opt(o.op, o.axis, o.arg * 2) if j == i else o for j, o in enumerate(opts)] for i in ups]
-  rolled = [[o for o in v if o.op is not OptOps.UNROLL] for v in doubled if any(o.op is OptOps.UNROLL for o in v)]
-  return doubled + rolled
+  """The stock opts with their first two UPCASTs scaled by each of SCALES, and ROLLED of them without the stock's
+  UNROLLs (duplicates and the stock opts themselves left out: a kernel with one UPCAST has fewer)."""
+  ups = [i for i, o in enumerate(opts) if o.op is OptOps.UPCAST and o.arg][:2]
+  out: list[list] = []
+  for scale, rolled in [(sc, False) for sc in SCALES] + [(sc, True) for sc in ROLLED]:
+    times = dict(zip(ups, scale))
+    v = [Opt(o.op, o.axis, o.arg * times[j]) if j in times else o for j, o in enumerate(opts)]
+    if rolled: v = [o for o in v if o.op is not OptOps.UNROLL]
+    if v != list(opts) and v not in out: out.append(v)
+  return out
 
 
 def _with(s, opts):
@@ -119,8 +128,9 @@ def _fastest_identical(candidates: list, rawbufs, var_vals) -> tuple[int, dict[i
     if _run(out[0], bufs, var_vals, start) == reference: programs[i] = out[0]
     else: stats["not_identical"] += 1
   best = {i: float("inf") for i in programs}
-  for _ in range(ROUNDS):  # alternately, so a burst of load slows every candidate
+  for r in range(ROUNDS):  # alternately, so a burst of load slows every candidate
     for i, prg in programs.items():
+      if r and best[i] > DROP * min(best.values()): continue  # far behind after the first round: not timed again
       best[i] = min(best[i], *search._time_program(prg, var_vals, bufs, allow_test_size=False, cnt=1))
   return min(best, key=best.get), best
 
