@@ -2,7 +2,7 @@
 
 tinygrad's hand-coded optimizations give a big matmul or convolution kernel a 4x4 register tile (UPCAST 4 on two
 output axes) and unroll its reduce by 4. With loads of 8 floats (wide_loads.py) a tile 8 or 16 wide runs its
-multiply-adds in 256-bit registers, and on this machine the MLP's matmuls ran 2.5-4.5x faster on one thread with
+multiply-adds in 256-bit registers, and on this machine the MLP's matmuls ran 3.7-4.8x faster on one thread with
 their best tile; but which tile is best depends on the kernel, and most convolutions gain nothing (bench/README.md,
 "Wide loads"). So each big reduce kernel (at least MIN_OPS multiply-adds) is compiled up to five ways: the stock
 kernel, its first and second UPCAST scaled by each of SCALES, and ROLLED of those without the stock's UNROLLs (in
