@@ -12,7 +12,7 @@ if tinygrad's line is not there any more, the install fails and the explorer run
 It must reach tinygrad's compile workers too (separate processes that lower kernels): their initializer is wrapped.
 On with the tiles: EXPLORER_TILES=0 turns both off (stock kernels, for comparisons), read each time a kernel is lowered."""
 from __future__ import annotations
-import inspect
+import functools, inspect
 from tinygrad import codegen
 from tinygrad.codegen.late import coalesce
 from tinygrad.engine import worker
@@ -30,6 +30,7 @@ def check() -> None:
   _widened()
 
 
+@functools.cache  # check() and install() share one copy
 def _widened():
   """tinygrad's memory_coalescing with 8-float vectors allowed for float on the CPU device (nothing else changed)."""
   src = inspect.getsource(coalesce.memory_coalescing)
