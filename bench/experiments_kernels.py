@@ -1,5 +1,7 @@
-"""Per-kernel times of one replayed train step of the product's Trainer (the DEBUG=2 lines, sorted by time).
-  python bench/experiments_kernels.py mlp 128"""
+"""Per-kernel times of one replayed train step (or, with `eval`, one eval step of 1,000 images) of the product's
+Trainer (the DEBUG=2 lines, sorted by time).
+  python bench/experiments_kernels.py mlp 128
+  python bench/experiments_kernels.py mlp 128 eval"""
 import os, re, sys, subprocess
 from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,6 +17,12 @@ if os.environ.get("_INNER"):
   cfg = default_config(model, b, 10)
   tr = Trainer(beam=int(os.environ.get("EXPLORER_BEAM", 0)), threads=int(os.environ.get("EXPLORER_THREADS", 1))); c = tr.prepare(cfg); tr.reset(c, cfg)
   data = load_dataset("mnist", os.environ.get("DATA_DIR"))
+  if sys.argv[3:] == ["eval"]:
+    x, y = data.x_val[:1000], data.y_val[:1000]
+    for i in range(6):
+      if i == 5: print("=====MARK", flush=True)
+      with Context(DEBUG=2 if i == 5 else 0): tr.evaluate(c, x, y)
+    raise SystemExit
   for i, (x, y) in enumerate(batches(data, cfg, 6)):
     if i == 5: print("=====MARK", flush=True)
     with Context(DEBUG=2 if i == 5 else 0): tr.train_batch(c, x, y)

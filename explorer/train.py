@@ -77,7 +77,12 @@ class Compiled:
   inputs: dict[str, Tensor] = field(default_factory=dict)  # preallocated batch buffers: x/y for training, ex/ey for eval
   tricks: Tensor | None = None  # [label smoothing, EMA decay, cutout length]: device scalars of the switch keys
   average: WeightAverage | None = None  # the EMA of the weights (ema > 0)
-  predict_step: Callable | None = None  # logits of an eval batch (test predictions, evaluate and predict)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  """Class probabilities, in float64 on the host."""
+  e = np.exp((z := logits.astype(np.float64)) - z.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
 
 
 def batch_indices(n_images: int, batch: int, seed: int) -> Iterator[np.ndarray]:
@@ -168,21 +173,21 @@ class Trainer:
       return loss
 
     @TinyJit
-    def eval_step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-      logits = model(normalize(x.float() / 255.0), training=False)
+    def eval_step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+      # the logits are kept: the loss and the argmax read them (else each recomputes the last layer), and the test
+      # pass takes its predictions from them
+      logits = model(normalize(x.float() / 255.0), training=False).contiguous()
       y = y.cast(dtypes.int32)
       loss_sum = logits.sparse_categorical_crossentropy(y, reduction="sum")  # padding rows carry label -1: ignored
       correct = (logits.argmax(axis=-1) == y).sum()
-      return loss_sum.realize(), correct.realize()
-
-    @TinyJit
-    def predict_step(x: Tensor) -> Tensor: return model(normalize(x.float() / 255.0), training=False).realize()
+      Tensor.realize(loss_sum, correct, logits)
+      return loss_sum, correct, logits
 
     def buffer(shape: tuple, dtype) -> Tensor: return Tensor.zeros(*shape, dtype=dtype, device=self.device).contiguous().realize()
     image = (28, 28)
     inputs = {"x": buffer((cfg.batch, *image), dtypes.uint8), "y": buffer((cfg.batch,), dtypes.uint8),
               "ex": buffer((EVAL_BATCH, *image), dtypes.uint8), "ey": buffer((EVAL_BATCH,), dtypes.int32)}
-    return Compiled(model, opt, schedule, mean_std, augment, train_step, eval_step, params, inputs, tricks, average, predict_step)
+    return Compiled(model, opt, schedule, mean_std, augment, train_step, eval_step, params, inputs, tricks, average)
 
   def reset(self, c: Compiled, cfg: RunConfig) -> None:
     """A fresh run on reused buffers: new weights for the seed, zeroed optimizer state, this run's scalars."""
@@ -202,7 +207,12 @@ class Trainer:
 
   def evaluate(self, c: Compiled, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Mean loss and accuracy over all of x in fixed-size batches (the last one padded, so one compiled shape)."""
-    loss_sum, correct = 0.0, 0
+    loss, acc, _ = self.evaluate_logits(c, x, y, keep=False)
+    return loss, acc
+
+  def evaluate_logits(self, c: Compiled, x: np.ndarray, y: np.ndarray, keep: bool = True) -> tuple[float, float, np.ndarray | None]:
+    """evaluate(), and the logits (N, 10) of every image when keep: one pass gives the test numbers and predictions."""
+    loss_sum, correct, logits = 0.0, 0, []
     for i in range(0, len(x), EVAL_BATCH):
       stop.check()  # a stop during evaluation, even one swallowed by a finalizer
       xb, yb = x[i:i + EVAL_BATCH], y[i:i + EVAL_BATCH].astype(np.int32)
@@ -210,21 +220,16 @@ class Trainer:
         pad = EVAL_BATCH - len(xb)
         xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
         yb = np.concatenate([yb, np.full(pad, -1, np.int32)])
-      batch_loss, batch_correct = self._call(c.eval_step, write_input(c.inputs["ex"], xb), write_input(c.inputs["ey"], yb))
+      batch_loss, batch_correct, batch_logits = self._call(c.eval_step, write_input(c.inputs["ex"], xb), write_input(c.inputs["ey"], yb))
       loss_sum += read_scalar(batch_loss)
       correct += int(read_scalar(batch_correct))
-    return loss_sum / len(x), correct / len(x)
+      if keep: logits.append(batch_logits.numpy()[:min(EVAL_BATCH, len(x) - i)])
+    kept = (np.concatenate(logits) if logits else np.zeros((0, 10), np.float32)) if keep else None
+    return loss_sum / len(x), correct / len(x), kept
 
   def predict(self, c: Compiled, x: np.ndarray) -> np.ndarray:
     """Class probabilities (N, 10) for uint8 images x (N, 28, 28), in eval-batch pieces (softmax in float64 on the host)."""
-    out = []
-    for i in range(0, len(x), EVAL_BATCH):
-      xb = x[i:i + EVAL_BATCH]
-      padded = np.concatenate([xb, np.zeros((EVAL_BATCH - len(xb),) + xb.shape[1:], np.uint8)]) if len(xb) < EVAL_BATCH else xb
-      out.append(self._call(c.predict_step, write_input(c.inputs["ex"], padded)).numpy()[:len(xb)].astype(np.float64))
-    logits = np.concatenate(out) if out else np.zeros((0, 10))
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
+    return softmax(self.evaluate_logits(c, x, np.full(len(x), -1, np.int32))[2])
 
   def state(self, c: Compiled) -> dict[str, np.ndarray]:
     """The model's weights and BatchNorm statistics as host arrays (what a weights file holds)."""
@@ -297,10 +302,10 @@ class Trainer:
               "best_val_step": best["step"], "final_val_loss": final_val[0], "final_val_acc": final_val[1],
               "final_train_loss": history["train_loss"][-1] if history["train_loss"] else None}
     if status == "done":
-      result["test_loss"], result["test_acc"] = self.evaluate(c, data.x_test, data.y_test)
+      result["test_loss"], result["test_acc"], test_logits = self.evaluate_logits(c, data.x_test, data.y_test)
       n = min(TRAIN_EVAL_IMAGES, len(x_train))
       result["train_eval_loss"], result["train_acc"] = self.evaluate(c, x_train[:n], y_train[:n])
-      result["test_predictions"] = confusion_and_errors(self.predict(c, data.x_test), data.y_test, data.x_test)
+      result["test_predictions"] = confusion_and_errors(softmax(test_logits), data.y_test, data.x_test)
       result["weights"] = self.state(c)
     result["train_s"] = train_s
     result["wall_s"] = time.perf_counter() - t0

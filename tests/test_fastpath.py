@@ -2,7 +2,7 @@
 bit-identical numbers with --stock; JIT=0, DEBUG=2 and an unsupported tinygrad version train the same numbers; a piece
 that fails to install leaves stock tinygrad and one notice line; no private tinygrad name outside explorer/fastpath;
 BEAM choices slower than the stock kernels are not used, searches under load are reported."""
-import json, os, re, subprocess, sys
+import json, os, re, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 from explorer.data import write_idx
@@ -316,3 +316,45 @@ def test_wide_loads_reach_the_compile_workers_and_change_no_bit(tmp_path):
   assert "float8" in runs["1"] and "workers: True True" in runs["1"], "a 16-wide tile loads 8 floats at a time, in every process"
   assert "float8" not in runs["0"] and "workers: True False" in runs["0"], "EXPLORER_TILES=0: tinygrad's own 4-float loads"
   assert (tmp_path / "out1.npy").read_bytes() == (tmp_path / "out0.npy").read_bytes()
+
+
+# ---- compile workers (explorer/fastpath/compile_workers.py): they end with the explorer, however it ends
+
+ORPHANS = """
+import multiprocessing, os, signal, time
+from explorer import fastpath
+assert fastpath.install() is None
+from tinygrad.engine.worker import get_worker_pool
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as stop.leave does: a worker started now must not inherit it
+pool = get_worker_pool()
+pool.map(time.sleep, [0.5, 0.5], chunksize=1)  # two tasks at once: both workers are up and initialized
+pids = [c.pid for c in multiprocessing.active_children()]
+print(*pids, flush=True)
+os.kill(pids[0], signal.SIGTERM)
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline and os.waitpid(pids[0], os.WNOHANG) == (0, 0): time.sleep(0.05)
+print("SIGTERM ends a worker:", time.monotonic() < deadline, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # the explorer dies without any cleanup
+"""
+
+
+def alive(pid: int) -> bool:
+  try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError: return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_compile_workers_take_sigterm_and_end_with_the_explorer(tmp_path):
+  """A worker holds its own end of the pool's task queue, so nothing told it that its explorer had gone: after a SIGTERM
+  to the whole process group, a worker the pool had just started stayed behind for good (and ignored SIGTERM)."""
+  r = subprocess.run([sys.executable, "-c", ORPHANS], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                     env={**os.environ, "DEV": "CPU", "CACHEDB": str(tmp_path / "cache.db"), "PARALLEL": "2"})
+  lines = r.stdout.splitlines()
+  assert r.returncode == -signal.SIGKILL and len(lines) == 2, r.stdout + r.stderr
+  pids = [int(p) for p in lines[0].split()]
+  assert len(pids) == 2 and lines[1] == "SIGTERM ends a worker: True", r.stdout + r.stderr
+  deadline = time.monotonic() + 10
+  while time.monotonic() < deadline and any(map(alive, pids)): time.sleep(0.1)
+  left = [p for p in pids if alive(p)]
+  for p in left: os.kill(p, signal.SIGKILL)
+  assert not left, f"compile workers left behind: {left}"

@@ -7,6 +7,7 @@ Each piece gives the same numbers as stock tinygrad (tested: tests/test_fastpath
   beam_guard.py     BEAM choices timed once against tinygrad's stock kernels: a slower one is not used
   tiles.py          without BEAM, the big kernels' register tiles fitted to this CPU in seconds (bit-identical)
   wide_loads.py     loads and stores of 8 floats, so those tiles run in 256-bit registers (same arithmetic)
+  compile_workers.py  tinygrad's compile workers get the wide loads and end with the explorer
   buffers.py        batches copied straight into preallocated device buffers, scalars read straight out of theirs
 
 They were written against tinygrad TINYGRAD_VERSION. The CLI calls install() once at start-up (tests and bench scripts
@@ -44,12 +45,13 @@ def install(stock: bool = False) -> str | None:
     status = f"stock tinygrad (the fast path was written for tinygrad {TINYGRAD_VERSION}, this is {found})"
     return f"notice: the CPU fast path was written for tinygrad {TINYGRAD_VERSION}, not {found}: running stock tinygrad (same numbers, slower)"
   try:
-    from explorer.fastpath import beam_guard, buffers, cpu_threads, program_cache, replay, tiles, wide_loads
-    for piece in (beam_guard, buffers, cpu_threads, program_cache, replay, tiles, wide_loads): piece.check()
+    from explorer.fastpath import beam_guard, buffers, compile_workers, cpu_threads, program_cache, replay, tiles, wide_loads
+    for piece in (beam_guard, buffers, compile_workers, cpu_threads, program_cache, replay, tiles, wide_loads): piece.check()
     beam_guard.install()  # the pieces that patch tinygrad up front (cpu_threads does when --threads > 1)
     program_cache.install()
     tiles.install()
     wide_loads.install()
+    compile_workers.install()
   except Exception as e:  # a renamed or removed internal: nothing is left installed
     status = "stock tinygrad (the fast path failed to install)"
     return f"notice: the CPU fast path could not be installed ({type(e).__name__}: {' '.join(str(e).split())[:200]}): running stock tinygrad (same numbers, slower)"

@@ -9,13 +9,12 @@ still checks each tuned kernel's bytes against the stock kernel's, and the CLI t
 
 The change is one line of tinygrad's memory_coalescing (the allowed lengths), made on a copy of its source at install:
 if tinygrad's line is not there any more, the install fails and the explorer runs stock tinygrad (one notice line).
-It must reach tinygrad's compile workers too (separate processes that lower kernels): their initializer is wrapped.
+It must reach tinygrad's compile workers too (separate processes that lower kernels): compile_workers.py does it.
 On with the tiles: EXPLORER_TILES=0 turns both off (stock kernels, for comparisons), read each time a kernel is lowered."""
 from __future__ import annotations
 import functools, inspect
 from tinygrad import codegen
 from tinygrad.codegen.late import coalesce
-from tinygrad.engine import worker
 from explorer.fastpath import tiles
 
 STOCK_LINE = 'lengths = [8,4,2] if buf.dtype == dtypes.half and getenv("ALLOW_HALF8") else [4,2]'
@@ -26,7 +25,6 @@ WIDE_LINE = ('lengths = [8,4,2] if (buf.dtype == dtypes.half and getenv("ALLOW_H
 def check() -> None:
   from explorer.fastpath import require
   require(codegen, "memory_coalescing")
-  require(worker, "_init_worker", "worker_pool", "terminate_worker_pool")
   _widened()
 
 
@@ -50,19 +48,5 @@ def active() -> bool: return tiles.enabled()  # what a kernel lowered now gets (
 
 
 def install() -> None:
-  """In this process and in every compile worker started from now on (a pool already running is stopped: the next
-  compile starts a new one)."""
-  if installed(): return
-  codegen.memory_coalescing = _widened()
-  worker._init_worker = _init_worker
-  if worker.worker_pool is not None: worker.terminate_worker_pool()
-
-
-_stock_init_worker = worker._init_worker
-
-
-def _init_worker() -> None:
-  """A compile worker's initializer: tinygrad's own, then the same wide loads as the parent (a worker imports tinygrad
-  afresh, so the parent's change is not there)."""
-  _stock_init_worker()
+  """In this process (compile_workers.py does it in each compile worker)."""
   codegen.memory_coalescing = _widened()
