@@ -130,8 +130,9 @@ class Trainer:
 
   def _compile_call(self, jit: Callable, *args: Tensor):
     # --beam N: BEAM's search; else, on the CPU fast path, register tiles fitted to this CPU (fastpath/tiles.py)
-    if not (beam := self.beam or fastpath.tile_beam()): return jit(*args)
-    with Context(BEAM=beam), fastpath.one_thread(): return jit(*args)
+    if not self.beam:
+      with fastpath.fitting_tiles(): return jit(*args)
+    with Context(BEAM=self.beam), fastpath.one_thread(): return jit(*args)
 
   def prepare(self, cfg: RunConfig) -> Compiled:
     key = cfg.shape_key()

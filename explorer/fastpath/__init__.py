@@ -107,11 +107,10 @@ def one_thread():
   return _cpu_threads.one_thread() if _on else contextlib.nullcontext()
 
 
-def tile_beam() -> int:
-  """The BEAM value that compiles a step with tiles fitted to this CPU (tiles.py), or 0: tiles off, stock tinygrad,
-  or tinygrad's own BEAM env var set (it keeps its meaning)."""
-  from tinygrad.helpers import BEAM
-  return _tiles.SENTINEL if _on and _tiles.enabled() and BEAM.value == 0 else 0
+def fitting_tiles():
+  """A block whose kernels get register tiles fitted to this CPU (tiles.py): a step's first call. Nothing changes with
+  tiles off, on stock tinygrad, or with BEAM set (tinygrad's env var, or --beam: BEAM's choices are used then)."""
+  return _tiles.fitting() if _on else contextlib.nullcontext()
 
 
 def on_tiles_tuned(callback) -> None:

@@ -16,7 +16,6 @@ from tinygrad.helpers import NUM_CPU_THREADS, prod
 from tinygrad.runtime import ops_cpu
 from tinygrad.uop.ops import AxisType
 from explorer import stop
-from explorer.fastpath.tiles import SENTINEL
 from explorer.machine import available_cores
 
 MIN_PARALLEL_S = 50e-6
@@ -112,7 +111,6 @@ def _split_after_search(search_fn):
   @functools.wraps(search_fn)
   def searched(s, *args, **kwargs):
     k = search_fn(s, *args, **kwargs)
-    if (args[2] if len(args) > 2 else kwargs.get("amt")) == SENTINEL: return k  # tiles.py: split as tinygrad's heuristic split it
     if not k.ren.has_threads or k.ren.global_max is None or any(o.op is OptOps.THREAD for o in k.applied_opts): return k
     for n in range(min(k.ren.global_max[0], 32), 1, -1):
       if prod(k.full_shape) // (128 << 10) < n: continue  # about 128K operations per piece at least, as the heuristic

@@ -1,68 +1,107 @@
-"""Register tiles fitted to this CPU in seconds, without a BEAM search, with the same bits as stock tinygrad.
+"""Register tiles fitted to this CPU in about a second per kernel, without a BEAM search, with the same bits as stock tinygrad.
 
 tinygrad's hand-coded optimizations give a big matmul or convolution kernel a 4x4 register tile (UPCAST 4 on two
-output axes) and unroll its reduce by 4. With loads of 8 floats (wide_loads.py) a tile 8 or 16 wide runs its
-multiply-adds in 256-bit registers, and on this machine the MLP's matmuls ran 3.7-4.8x faster on one thread with
-their best tile; but which tile is best depends on the kernel, and most convolutions gain nothing (bench/README.md,
-"Wide loads"). So each big reduce kernel (at least MIN_OPS multiply-adds) is compiled up to five ways: the stock
-kernel, its first and second UPCAST scaled by each of SCALES, and ROLLED of those without the stock's UNROLLs (in
-tinygrad's compile pool). Each runs once on the same random inputs; those that wrote exactly the bytes the stock
-kernel wrote are timed on one thread, alternately, best of ROUNDS (one that took over DROP x the fastest in the first
-round is not timed again), and the fastest is used. (A bigger tile only changes which outputs one loop iteration
-computes, not the order of each output's sum; the check catches the rolled reduces whose order does change, as in a
-padded 3x3 convolution.) The choice is kept in tinygrad's disk cache (table TABLE), so each kernel is tuned once per
-machine: 2-4 s per kernel, where BEAM takes minutes. Bounded by construction: at most five compiles and 5 x ROUNDS
-timed runs per kernel.
+output axes) and unroll its reduce by 4. With loads of 8 floats (wide_loads.py) an 8x8 tile runs its multiply-adds in
+256-bit registers: on this machine the MLP's matmuls ran 1.5-3.8x faster on one thread. Most convolutions gain
+nothing, and some run faster with their reduce rolled (bench/README.md). So each big reduce kernel (at least MIN_OPS
+multiply-adds) of a step the explorer compiles is lowered up to three ways, in tinygrad's compile pool: the stock
+kernel, its first two UPCASTs scaled by each of SCALES, and ROLLED of those without the stock's UNROLLs. Each runs once on
+the same random inputs; those that wrote exactly the bytes the stock kernel wrote are timed on one thread, alternately,
+best of ROUNDS (one over DROP x the fastest after the first round is not timed again), and the fastest is used.
+(A bigger tile only changes which outputs one loop iteration computes, not the order of each output's sum; the check
+catches the rolled reduces whose order does change, as in a padded 3x3 convolution.)
 
-It runs where tinygrad runs BEAM, which lowers kernels in the main process with the device open: the explorer compiles
-its steps with BEAM set to SENTINEL, a width only this module answers (tinygrad's search never sees it). Off with
-EXPLORER_TILES=0; --beam N uses BEAM's choices instead, and so does tinygrad's own BEAM env var when set."""
+The choice is kept in tinygrad's disk cache (table TABLE), so each kernel is tuned once per machine, and the program
+the pool lowered for it is the one the step runs: tuning adds the other candidates' lowering (in parallel) and the
+timing, not a second lowering. Wider tiles (16x8, 16x4) were candidates too; they gained 5-10 % more on a few of the
+MLP's kernels but tripled the first run's tuning time, most of it lowering their unrolled code in Python.
+
+It works where tinygrad lowers the kernels of a schedule (realize.lower_and_compile): inside `fitting()`, each big
+kernel's AST is given the chosen opts (`opts_to_apply`, tinygrad's own way to fix a kernel's opts) before tinygrad
+lowers the schedule's kernels in its pool as usual. Off with EXPLORER_TILES=0; --beam N uses BEAM's choices instead, and
+so does tinygrad's own BEAM env var when set."""
 from __future__ import annotations
-import functools, os, time
+import contextlib, functools, os, time
+from dataclasses import replace
 from typing import Callable
 import numpy as np
-from tinygrad import dtypes
+from tinygrad import Device, dtypes
 from tinygrad.codegen.opt import KernelOptError, Opt, OptOps, heuristic, search
-from tinygrad.helpers import diskcache_get, diskcache_put, prod
+from tinygrad.codegen.opt.postrange import Scheduler, args_from_ast
+from tinygrad.engine import realize
+from tinygrad.helpers import BEAM, diskcache_get, diskcache_put, prod
 from tinygrad.uop.ops import Ops
+from explorer.fastpath import cpu_threads
 from explorer.machine import cpu_name
 
-SENTINEL = 7_007_007  # the BEAM width that asks for tiles (no one searches with a beam this wide)
-MIN_OPS = 1 << 20  # smaller kernels run in well under a millisecond: not worth two more compiles
+MIN_OPS = 1 << 20  # smaller kernels run in well under a millisecond: not worth another compile
 ROUNDS = 3
 DROP = 1.5
-SCALES = ((2, 2), (4, 2), (4, 1))  # the stock 4x4 tile becomes 8x8, 16x8 and 16x4 (the first UPCAST is the wider)
-ROLLED = ((1, 1),)  # the stock tile with the reduce rolled: 0.9x for the CNN's big convolutions (rolled bigger tiles gained <5%)
-TABLE = "explorer_tiles2"  # a new candidate set needs a new name: kernels tuned with the old set are tuned again
+SCALES = ((2, 2),)  # the stock 4x4 tile becomes 8x8
+ROLLED = ((1, 1),)  # the stock tile with the reduce rolled: 0.9x for the CNN's big convolutions
+TABLE = "explorer_tiles3"  # a new candidate set needs a new name: kernels tuned with the old set are tuned again
 HOST = cpu_name()
 stats = {"tuned": 0, "cached": 0, "kept_stock": 0, "not_identical": 0}  # totals (tests read them)
 _since_notice = [0, 0.0]  # kernels tuned and seconds spent since the last notice
 on_tuned: Callable[[int], None] | None = None  # called with the kernels tuned since the last notice (a progress line)
+_fitting = False  # inside fitting(): the kernels lowered now get fitted tiles
 
 
 def check() -> None:
   from explorer.fastpath import require
-  require(search, "beam_search", "_try_compile", "_time_program", "_ensure_buffer_alloc", "get_worker_pool")
+  require(realize, "lower_and_compile", "_compile_kernel", "to_program_key", "to_program_context", "terminate_worker_pool")
+  require(search, "_time_program", "_ensure_buffer_alloc", "get_worker_pool")
   require(heuristic, "hand_coded_optimizations")
-  require(Ops, "STAGE")
+  require(Scheduler, "convert_loop_to_global", "apply_opt", "copy")
+  require(Ops, "STAGE", "SINK", "CALL")
 
 
 def enabled() -> bool: return os.environ.get("EXPLORER_TILES", "1") != "0"
 
 
 def install() -> None:
-  """Put the SENTINEL dispatch in front of tinygrad's beam_search, outside the BEAM guard and the program cache's
-  recorder (cpu_threads' splitter, wrapped around it later, passes SENTINEL kernels through unsplit)."""
-  if not getattr(search.beam_search, "tiles", False): search.beam_search = _dispatch(search.beam_search)
+  """Put the tile choice in front of tinygrad's lowering of a schedule's kernels."""
+  if not getattr(realize.lower_and_compile, "tiles", False): realize.lower_and_compile = _with_tiles(realize.lower_and_compile)
 
 
-def _dispatch(beam_search):
-  @functools.wraps(beam_search)
-  def dispatched(s, rawbufs, var_vals, amt, *args, **kwargs):
-    if amt != SENTINEL: return beam_search(s, rawbufs, var_vals, amt, *args, **kwargs)
-    return tuned(s, rawbufs, var_vals)
-  dispatched.tiles = True
-  return dispatched
+@contextlib.contextmanager
+def fitting():
+  """The kernels lowered inside this block (a step's first call) get the tiles fitted to this CPU, where enabled and
+  no BEAM is set."""
+  global _fitting
+  saved, _fitting = _fitting, enabled() and BEAM.value == 0
+  try: yield
+  finally: _fitting = saved
+
+
+def _with_tiles(lower_and_compile):
+  @functools.wraps(lower_and_compile)
+  def lowered(linear):
+    if _fitting:
+      swaps = {c: c.replace(src=(sink, *c.src[1:])) for c in linear.toposort() if c.op is Ops.CALL and (sink := _fitted(c)) is not None}
+      if swaps: linear = linear.substitute(swaps, name="fitted tiles")
+    return lower_and_compile(linear)
+  lowered.tiles = True
+  return lowered
+
+
+def _fitted(call):
+  """The call's kernel AST with the opts of its fitted tile, or None: not a big reduce on the CPU, or the stock tile won."""
+  ast = call.src[0]
+  if ast.op is not Ops.SINK or ast.tag is not None or ast.arg.opts_to_apply is not None or ast.arg.beam: return None
+  device = call.device if isinstance(call.device, str) else call.device[0]
+  if not device.startswith("CPU") or any(u.op is Ops.STAGE for u in ast.backward_slice): return None  # multi-block: no opts
+  ren = Device[device].renderer
+  s = Scheduler(ast, ren)
+  s.convert_loop_to_global()  # as tinygrad's apply_opts starts
+  if s.reduceop is None or prod(s.full_shape) < MIN_OPS: return None
+  key = {"ast": ast.key, "device": ren.target.device, "suffix": ren.suffix, "host": HOST}
+  if (verdict := diskcache_get(TABLE, key)) is not None: stats["cached"] += 1
+  else:
+    verdict = _tune(s, ast, ren)
+    try: diskcache_put(TABLE, key, verdict)
+    except Exception: pass  # a read-only disk: tuned again next time
+  return None if verdict["opts"] is None else _fixed(ast, verdict["opts"])
 
 
 def stock_kernel(s):
@@ -71,26 +110,26 @@ def stock_kernel(s):
   return heuristic.hand_coded_optimizations(s.copy())
 
 
-def tuned(s, rawbufs, var_vals):
-  """s with the fastest bit-identical tile of its stock kernel (the stock kernel itself for small ones)."""
-  stock = stock_kernel(s)
-  if s.reduceop is None or prod(s.full_shape) < MIN_OPS: return stock
-  key = {"ast": s.ast.key, "device": s.ren.target.device, "suffix": s.ren.suffix, "host": HOST}
-  if (verdict := diskcache_get(TABLE, key)) is not None:
-    stats["cached"] += 1
-    return _with(s, verdict["opts"]) or stock
+def _fixed(ast, opts):
+  """ast with its opts fixed (tinygrad applies them to a fresh scheduler, as it applies its heuristic's)."""
+  return ast.replace(arg=replace(ast.arg, opts_to_apply=tuple(opts)))
+
+
+def _tune(s, ast, ren) -> dict:
   t0 = time.perf_counter()
-  candidates = [stock, *(v for v in (_with(s, opts) for opts in _variants(stock.applied_opts)) if v is not None)]
-  best, times = _fastest_identical(candidates, rawbufs, var_vals) if len(candidates) > 1 else (0, {})
+  stock = stock_kernel(s)
+  asts = [ast, *(_fixed(ast, k.applied_opts) for k in (_with(s, opts) for opts in _variants(stock.applied_opts)) if k is not None)]
+  programs = _lowered(asts, ren)
+  best, times = _fastest_identical(programs, ast, ren) if len(programs) > 1 and 0 in programs else (0, {})
+  if best in programs:  # the step runs the program lowered here, not a second lowering of the same kernel
+    cache, key = realize.to_program_cache, realize.to_program_key(asts[best], ren)
+    if key not in cache: cache[key] = programs[best]
   stats["tuned"] += 1
   stats["kept_stock"] += best == 0
   _since_notice[0] += 1
   _since_notice[1] += time.perf_counter() - t0
   if on_tuned: on_tuned(_since_notice[0])
-  verdict = {"opts": list(candidates[best].applied_opts), "stock_s": times.get(0), "chosen_s": times.get(best)}
-  try: diskcache_put(TABLE, key, verdict)
-  except Exception: pass  # a read-only disk: tuned again next time
-  return candidates[best]
+  return {"opts": None if best == 0 else list(asts[best].arg.opts_to_apply), "stock_s": times.get(0), "chosen_s": times.get(best)}
 
 
 def _variants(opts) -> list[list]:
@@ -130,24 +169,39 @@ def _split(k, o):
   raise KernelOptError(f"no axis takes {o.arg} pieces")
 
 
-def _fastest_identical(candidates: list, rawbufs, var_vals) -> tuple[int, dict[int, float]]:
-  """The index of the fastest candidate that writes the same bytes as the stock one (index 0), and each one's time."""
+def _lowered(asts: list, ren) -> dict:
+  """{index: program} of the asts tinygrad lowered and compiled, in its compile pool (as it lowers a schedule)."""
+  context = {v.key: v.value for v in realize.to_program_context}
   pool = search.get_worker_pool()
-  compiled = dict((pool.imap_unordered if pool is not None else map)(search._try_compile, enumerate(candidates)))
-  if compiled.get(0) is None: return 0, {}  # the stock kernel did not compile here: leave it to tinygrad
+  tasks = [(i, (a, ren), context) for i, a in enumerate(asts)]
+  try: return {i: prg for i, prg in (pool.imap_unordered if pool is not None else map)(_lower_one, tasks) if prg is not None}
+  except KeyboardInterrupt:  # as tinygrad's own lowering: a pool cut mid-task is not reused
+    if pool is not None: realize.terminate_worker_pool()
+    raise
+
+
+def _lower_one(task):
+  try: return realize._compile_kernel(task)
+  except Exception: return task[0], None  # this tile does not lower or compile here: not a candidate
+
+
+def _fastest_identical(programs: dict, ast, ren) -> tuple[int, dict[int, float]]:
+  """The index of the fastest program that writes the same bytes as the stock one (index 0), and each one's time."""
+  rawbufs, var_vals = args_from_ast(ast, ren.target.device)
   bufs = search._ensure_buffer_alloc(rawbufs)
   start = _random_contents(bufs)
-  reference = _run(compiled[0][0], bufs, var_vals, start)
-  programs = {0: compiled[0][0]}
-  for i, out in compiled.items():
-    if i == 0 or out is None: continue
-    if _run(out[0], bufs, var_vals, start) == reference: programs[i] = out[0]
+  reference = _run(programs[0], bufs, var_vals, start)
+  timed = {0: programs[0]}
+  for i, prg in programs.items():
+    if i == 0: continue
+    if _run(prg, bufs, var_vals, start) == reference: timed[i] = prg
     else: stats["not_identical"] += 1
-  best = {i: float("inf") for i in programs}
-  for r in range(ROUNDS):  # alternately, so a burst of load slows every candidate
-    for i, prg in programs.items():
-      if r and best[i] > DROP * min(best.values()): continue  # far behind after the first round: not timed again
-      best[i] = min(best[i], *search._time_program(prg, var_vals, bufs, allow_test_size=False, cnt=1))
+  best = {i: float("inf") for i in timed}
+  with cpu_threads.one_thread():  # as tinygrad alone runs them (and BEAM times them)
+    for r in range(ROUNDS):  # alternately, so a burst of load slows every candidate
+      for i, prg in timed.items():
+        if r and best[i] > DROP * min(best.values()): continue  # far behind after the first round: not timed again
+        best[i] = min(best[i], *search._time_program(prg, var_vals, bufs, allow_test_size=False, cnt=1))
   return min(best, key=best.get), best
 
 
