@@ -2,7 +2,7 @@
 
 tinygrad's hand-coded optimizations give a big matmul or convolution kernel a 4x4 register tile (UPCAST 4 on two
 output axes) and unroll its reduce by 4. With loads of 8 floats (wide_loads.py) an 8x8 tile runs its multiply-adds in
-256-bit registers: on this machine the MLP's matmuls ran 1.5-3.8x faster on one thread. Most convolutions gain
+256-bit registers: on this machine the MLP suite's matmuls ran 1.6-3.7x faster on one thread. Most convolutions gain
 nothing, and some run faster with their reduce rolled (bench/README.md). So each big reduce kernel (at least MIN_OPS
 multiply-adds) of a step the explorer compiles is lowered up to three ways, in tinygrad's compile pool: the stock
 kernel, its first two UPCASTs scaled by each of SCALES, and ROLLED of those without the stock's UNROLLs. Each runs once on
@@ -13,8 +13,8 @@ catches the rolled reduces whose order does change, as in a padded 3x3 convoluti
 
 The choice is kept in tinygrad's disk cache (table TABLE), so each kernel is tuned once per machine, and the program
 the pool lowered for it is the one the step runs: tuning adds the other candidates' lowering (in parallel) and the
-timing, not a second lowering. Wider tiles (16x8, 16x4) were candidates too; they gained 5-10 % more on a few of the
-MLP's kernels but tripled the first run's tuning time, most of it lowering their unrolled code in Python.
+timing, not a second lowering. Wider tiles (16x8, 16x4) were candidates too; they gained 5-20 % more on a few of the
+MLP's kernels but more than doubled a first run's tuning time, most of it lowering their unrolled code in Python.
 
 It works where tinygrad lowers the kernels of a schedule (realize.lower_and_compile): inside `fitting()`, each big
 kernel's AST is given the chosen opts (`opts_to_apply`, tinygrad's own way to fix a kernel's opts) before tinygrad
