@@ -7,7 +7,7 @@
   test suite). So each worker exits once its parent is gone, and takes SIGTERM's default action again (one started
   while stop.leave ignores SIGTERM would otherwise inherit that)."""
 from __future__ import annotations
-import multiprocessing, os, signal, threading
+import multiprocessing, os, signal, threading, time
 from tinygrad.engine import worker
 from explorer.fastpath import wide_loads
 
@@ -33,9 +33,11 @@ def _init_worker() -> None:
   wide_loads.install()
   signal.signal(signal.SIGTERM, signal.SIG_DFL)
   if (parent := multiprocessing.parent_process()) is not None:
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="exit-with-parent").start()
+    threading.Thread(target=_exit_with, args=(parent.pid,), daemon=True, name="exit-with-parent").start()
 
 
-def _exit_with(parent) -> None:
-  parent.join()  # returns once the parent has exited (its end of the start-up pipe is closed)
+def _exit_with(parent: int, every_s: float = 0.5) -> None:
+  # by process id, nothing else: a worker is reparented when its parent dies (a wait on an inherited file descriptor
+  # could also end while the parent lives, and a worker cut mid-reply leaves the pool's result reader garbage)
+  while os.getppid() == parent: time.sleep(every_s)
   os._exit(0)
