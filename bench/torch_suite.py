@@ -4,7 +4,7 @@ another, in one process. The configurations are the explorer's own (explorer.con
 them); the model, optimizer, cosine LR with warmup, batch size, steps, split (the last 10,000 training images validate)
 and eval cadence (cfg.eval_interval, full validation set) are the same; the test set is measured at the end.
 
-  python bench/torch_suite.py --model mlp [--max-steps N] [--threads N] [--data-dir DIR] [--json FILE]
+  python bench/torch_suite.py --model mlp [--max-steps N] [--threads N] [--device cuda] [--data-dir DIR] [--json FILE]
 """
 import argparse, json, math, sys, time
 from pathlib import Path
@@ -38,11 +38,12 @@ def train(cfg, data) -> float:
   if tricks := [k for k in ("augment", "flip", "cutout", "label_smoothing", "ema") if getattr(cfg, k)]:
     raise SystemExit(f"torch_suite: {', '.join(tricks)} not written here")
   torch.manual_seed(cfg.seed)
-  model, (x, y) = torch_model(torch, cfg), (t[:cfg.train_size or len(t)] for t in data["train"])
+  (x, y) = (t[:cfg.train_size or len(t)] for t in data["train"])
+  model = torch_model(torch, cfg).to(x.device)
   opt = torch_optimizer(torch, cfg, model.parameters())
-  order, pos = torch.randperm(len(x)), 0
+  order, pos = torch.randperm(len(x), device=x.device), 0
   for step in range(cfg.steps):
-    if pos + cfg.batch > len(x): order, pos = torch.randperm(len(x)), 0  # a new epoch (the partial batch is dropped)
+    if pos + cfg.batch > len(x): order, pos = torch.randperm(len(x), device=x.device), 0  # a new epoch (the partial batch is dropped)
     idx, pos = order[pos:pos + cfg.batch], pos + cfg.batch
     for g in opt.param_groups: g["lr"] = lr_at(cfg, step)
     loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
@@ -60,6 +61,7 @@ def main() -> None:
   p.add_argument("--config", default=str(ROOT / "experiments.toml"))
   p.add_argument("--max-steps", type=int, help="cap every configuration's steps at N, as the explorer's --max-steps")
   p.add_argument("--threads", type=int, default=available_cores(), help="torch.set_num_threads (default: the cores)")
+  p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda; the data lives there from the start")
   p.add_argument("--data-dir", help="MNIST IDX folder (default: where the explorer looks)")
   p.add_argument("--json", help="also write {name: test accuracy}, wall time and threads to this file")
   args = p.parse_args()
@@ -68,7 +70,8 @@ def main() -> None:
   if args.max_steps: specs = [cap_steps(s, args.max_steps) for s in specs]
   mean, std = normalization(specs[0].config.dataset)
   ds = load_dataset(specs[0].config.dataset, args.data_dir)
-  def tensors(x, y): return (torch.tensor(x).float() / 255 - mean) / std, torch.tensor(y).long()  # normalized once
+  def tensors(x, y):  # normalized once, on the device
+    return ((torch.tensor(x).float() / 255 - mean) / std).to(args.device), torch.tensor(y).long().to(args.device)
   data = {"train": tensors(ds.x_train, ds.y_train), "val": tensors(ds.x_val, ds.y_val), "test": tensors(ds.x_test, ds.y_test)}
   acc = {}
   for s in specs:
@@ -78,8 +81,9 @@ def main() -> None:
     print(f"{s.name}: test {100 * acc[s.name]:.2f} %  ({time.perf_counter() - t0:.1f} s)", flush=True)
   wall = time.perf_counter() - t_start
   print(f"total: {len(specs)} configurations, {sum(s.config.steps for s in specs)} steps, {wall:.1f} s wall, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads")
-  if args.json: Path(args.json).write_text(json.dumps({"test_acc": acc, "wall_s": wall, "threads": torch.get_num_threads(), "torch": torch.__version__}))
+        f"{torch.get_num_threads()} threads, device {args.device}")
+  if args.json: Path(args.json).write_text(json.dumps({"test_acc": acc, "wall_s": wall, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                                                       "device": args.device}))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ subprocess into a fresh temporary results folder (nothing is skipped), its wall 
 (start-up, data loading, compiling, reports included). Prints markdown to paste into the README.
 """
 from __future__ import annotations
-import argparse, json, os, platform, subprocess, sys, tempfile, time
+import argparse, json, os, platform, shutil, subprocess, sys, tempfile, time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -61,11 +61,11 @@ def explorer_way(way: str, args, tmp: Path) -> tuple[float, dict, dict]:
 def torch_way(args, tmp: Path) -> tuple[float, dict, dict]:
   out = tmp / "torch.json"
   cmd = [sys.executable, str(ROOT / "bench" / "torch_suite.py"), "--model", args.model, "--config", args.config, "--json", str(out),
-         "--threads", str(args.torch_threads)] + (["--max-steps", str(args.max_steps)] if args.max_steps else []) \
+         "--threads", str(args.torch_threads), "--device", args.torch_device] + (["--max-steps", str(args.max_steps)] if args.max_steps else []) \
     + (["--data-dir", args.data_dir] if args.data_dir else [])
   wall = run(cmd, tmp / "output.log")
   result = json.loads(out.read_text())
-  return wall, result["test_acc"], {"threads": result["threads"], "torch": result["torch"]}
+  return wall, result["test_acc"], {"threads": result["threads"], "torch": result["torch"], "device": result["device"]}
 
 
 def largest_difference(acc: dict, ref: dict) -> tuple[float | None, int]:
@@ -81,6 +81,8 @@ def parse_args(argv):
   p.add_argument("--max-steps", type=int, help="cap every configuration's steps at N, in every way (a quick smoke, not a figure)")
   p.add_argument("--repeat", type=int, default=1, help="run the whole comparison K times, every other time in reverse order")
   p.add_argument("--torch-threads", type=int, default=available_cores(), help="threads of the PyTorch script (default: the cores)")
+  p.add_argument("--torch-device", default="cpu", help="device of the PyTorch script: cpu (default) or cuda (with DEV=CUDA for the explorer)")
+  p.add_argument("--logs", help="keep each command's output in this folder (<model>-<way>-<run>.log)")
   p.add_argument("--config", default=str(ROOT / "experiments.toml"), help="experiments file (default experiments.toml)")
   p.add_argument("--data-dir", default=os.environ.get("DATA_DIR"), help="MNIST IDX folder (env DATA_DIR; default: where the explorer looks)")
   args = p.parse_args(argv)
@@ -90,6 +92,7 @@ def parse_args(argv):
   if args.max_steps is not None and args.max_steps < 1: p.error("--max-steps must be >= 1")
   if args.repeat < 1: p.error("--repeat must be >= 1")
   if args.torch_threads < 1: p.error("--torch-threads must be >= 1")
+  if args.logs: Path(args.logs).mkdir(parents=True, exist_ok=True)
   return args
 
 
@@ -104,6 +107,7 @@ def main(argv=None) -> int:
       with tempfile.TemporaryDirectory(prefix=f"vs-torch-{way}-") as tmp:
         print(f"# run {rep + 1}/{args.repeat}: {command_text(way, args.model)} ...", file=sys.stderr, flush=True)
         wall, acc, infos[way] = torch_way(args, Path(tmp)) if way == TORCH else explorer_way(way, args, Path(tmp))
+        if args.logs: shutil.copy(Path(tmp) / "output.log", Path(args.logs) / f"{args.model}-{way}-{rep + 1}.log")
       walls[way].append(wall)
       accs[way].append(acc)
       print(f"#   {wall:.1f} s, {len(acc)}/{len(specs)} configurations finished", file=sys.stderr, flush=True)
@@ -127,7 +131,7 @@ def main(argv=None) -> int:
         + f".  \n**Machine** {cpu_name()}, {os.cpu_count()} logical cores ({available_cores()} usable), Python "
         f"{platform.python_version()}; **explorer** tinygrad {version('tinygrad')}, device {ex.get('device')}, "
         + ", ".join(f"{w}: {infos[w].get('threads')} thread(s) per process" for w in args.ways if w in infos)
-        + f"; **PyTorch** {infos[TORCH]['torch']}, {infos[TORCH]['threads']} threads.", flush=True)
+        + f"; **PyTorch** {infos[TORCH]['torch']}, device {infos[TORCH]['device']}, {infos[TORCH]['threads']} threads.", flush=True)
   return 0
 
 

@@ -44,9 +44,11 @@ def test_vs_torch_table(data_dir, tmp_path):
   config = tmp_path / "suite.toml"
   config.write_text('[mlp]\n[mlp.defaults]\nwidth = 32\nsteps = 4\n\n[[mlp.runs]]\nname = "a"\n\n[[mlp.runs]]\nname = "b"\nlr_max = 2e-3\n')
   r = subprocess.run([sys.executable, str(ROOT / "bench" / "vs_torch.py"), "--model", "mlp", "--max-steps", "2", "--ways", "main",
-                      "--config", str(config), "--data-dir", str(data_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                      "--config", str(config), "--data-dir", str(data_dir), "--logs", str(tmp_path / "logs")],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "2 configurations, 4 steps, every configuration capped at 2 steps" in r.stdout
+  assert "test" in (tmp_path / "logs" / "mlp-torch-1.log").read_text() and "2 trained" in (tmp_path / "logs" / "mlp-main-1.log").read_text()
   rows = {line.split(" | ")[0]: line for line in r.stdout.splitlines() if line.startswith("| ") and "---" not in line}
   torch_row = next(v for k, v in rows.items() if "PyTorch script" in k)
   main_row = rows["| `JIT=1 python mnist_explorer.py mlp`"]
@@ -54,7 +56,7 @@ def test_vs_torch_table(data_dir, tmp_path):
   m = re.search(r"\| (\d+\.\d) \| (\d+\.\d\d)× \| (\d+\.\d\d) \(2/2 configurations\) \|$", main_row)
   assert t and m, (torch_row, main_row)
   assert float(t[1]) > 0 and float(m[2]) == pytest.approx(float(m[1]) / float(t[1]), rel=0.05) and 0 <= float(m[3]) <= 100
-  assert re.search(r"\*\*PyTorch\*\* \S+, \d+ threads", r.stdout), r.stdout
+  assert re.search(r"\*\*PyTorch\*\* \S+, device cpu, \d+ threads", r.stdout), r.stdout
 
 
 def test_vs_torch_rejects_an_unknown_way():

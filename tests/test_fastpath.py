@@ -362,3 +362,58 @@ def test_compile_workers_take_sigterm_and_end_with_the_explorer(tmp_path):
   left = [p for p in pids if alive(p)]
   for p in left: os.kill(p, signal.SIGKILL)
   assert not left, f"compile workers left behind: {left}"
+
+
+# ---- stock tinygrad on a device whose copy-in needs a writable host array (CUDA's does: found on an H100)
+
+# The CLI on stock tinygrad with the CPU's copy of a host array made CUDA's: without _as_buffer, tinygrad hands the
+# array's memoryview to _copyin, and CUDA's takes the address of a writable view of it (tinygrad.helpers.mv_address),
+# so a read-only array fails with 'underlying buffer is not writable'
+STRICT_COPYIN = """import ctypes, sys
+from tinygrad import Device
+allocator = type(Device["CPU"].allocator)
+class NoZeroCopy:  # hasattr(allocator, "_as_buffer") is False, as on CUDA
+  def __get__(self, obj, owner): raise AttributeError("_as_buffer")
+allocator._as_buffer = NoZeroCopy()
+stock_copyin = allocator._copyin
+def strict_copyin(self, dest, src):
+  ctypes.c_char.from_buffer(src)
+  return stock_copyin(self, dest, src)
+allocator._copyin = strict_copyin
+sys.argv[0] = {script!r}
+sys.path.insert(0, {root!r})
+import mnist_explorer
+mnist_explorer.cli()
+"""
+HOST_ARRAYS = """
+[mlp.defaults]
+width = 32
+steps = 8
+batch = 16
+eval_every = 4
+[[mlp.runs]]
+name = "ema"
+category = "baseline"
+ema = 0.9
+[[mlp.runs]]
+name = "plateau"
+category = "baseline"
+schedule = "plateau"
+patience = 1
+"""
+
+
+def test_every_host_array_reaches_a_strict_device_writable(tmp_path, data_dir):
+  """With DEV=CUDA every evaluation failed: the validation batches are slices of the read-only loaded dataset. Here
+  the CPU's copy-in is as strict as CUDA's, on stock tinygrad (what runs on a GPU): batches, evaluations, the EMA's swap,
+  the plateau's restored weights and weights read back from a file (evaluate) all reach the device."""
+  (tmp_path / "host.toml").write_text(HOST_ARRAYS)
+  env = {**os.environ, "JIT": "1", "DEV": "CPU", "EXPLORER_STOCK": "1", "RESULTS_DIR": str(tmp_path / "results"), "DATA_DIR": str(data_dir)}
+  code = STRICT_COPYIN.format(script=str(ROOT / "mnist_explorer.py"), root=str(ROOT))
+  def cli(*args): return subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  r = cli("mlp", "--config", "host.toml", "--save-weights", "all")
+  assert r.returncode == 0 and "not writable" not in r.stdout + r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
+  assert "stock tinygrad" in r.stdout, "stock tinygrad ran, as on a GPU"
+  for name in ("ema", "plateau"):
+    r = cli("evaluate", name, "--config", "host.toml")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

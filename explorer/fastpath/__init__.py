@@ -79,9 +79,17 @@ def write_input(t, a):
   """The tensor to pass to a compiled step for host array a: t's preallocated buffer filled with a (fast path), or a
   new Tensor (stock)."""
   if _on: return _buffers.write_input(t, a)
-  from tinygrad import Tensor
-  x = Tensor(a, device=t.device)
+  x = host_tensor(a, t.device)
   return x if x.dtype == t.dtype else x.cast(t.dtype)
+
+
+def host_tensor(a, device: str):
+  """Tensor(a, device=device) for host array a. CUDA's copy-in takes the address of a writable view of the array, so a
+  read-only one (a slice of the loaded dataset, weights read from a file) is copied first: otherwise every evaluation
+  on a GPU fails with 'underlying buffer is not writable'."""
+  import numpy as np
+  from tinygrad import Tensor
+  return Tensor(a if a.flags.writeable and a.flags.c_contiguous else np.ascontiguousarray(a).copy(), device=device)
 
 
 def read_scalar(t) -> float:
