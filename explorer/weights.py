@@ -1,11 +1,11 @@
-"""Weights files: a finished run's model as safetensors (tinygrad's nn.state) next to its record, with the run's identity
-in the file's metadata. Read back only as safetensors (a JSON header and raw float32 arrays): never pickle.
+"""Weights files: a finished run's model as safetensors (the format of tinygrad's nn.state) next to its record, with the
+run's identity in the file's metadata. Read back only as safetensors (a JSON header and raw float32 arrays): never pickle.
 
 --save-weights best (the default) writes every finished run's weights, then, when the suite ends, deletes those of runs
 outside the best configuration of their report (chosen on validation, as the report does). Files written with
 --save-weights all are never deleted."""
 from __future__ import annotations
-import json, os
+import json
 from pathlib import Path
 import numpy as np
 from explorer.errors import UserError
@@ -38,13 +38,20 @@ def metadata(record: dict, mode: str) -> dict[str, str]:
 
 def save(path: Path, state: dict[str, np.ndarray], meta: dict[str, str]) -> int:
   """Write atomically (a pid-named temp file + rename: a killed writer's temp is swept by the next explorer); returns the
-  file size in bytes."""
-  from tinygrad import Tensor
-  from tinygrad.nn.state import safe_save
+  file size in bytes. Written from the host arrays in the bytes tinygrad's safe_save writes (tested), without tinygrad:
+  safe_save realizes its header on tinygrad's CPU backend, which needs clang; a GPU machine without clang saved nothing."""
+  arrays = {k: np.ascontiguousarray(v, "<f4") for k, v in state.items()}
+  header, offset = ({"__metadata__": meta} if meta else {}), 0
+  for k, a in arrays.items():
+    header[k] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+    offset += a.nbytes
+  text = json.dumps(header, separators=(",", ":"))
+  text += " " * (-len(text) % 8)  # the data starts 8-byte aligned
 
   def write(tmp: Path) -> None:
-    safe_save({k: Tensor(np.ascontiguousarray(v, np.float32)) for k, v in state.items()}, str(tmp), meta)
-    os.chmod(tmp, 0o644)  # tinygrad's disk device creates it executable
+    with open(tmp, "wb") as f:
+      f.write(len(text).to_bytes(8, "little") + text.encode())
+      for a in arrays.values(): f.write(a.tobytes())
   return store.write_atomic(Path(path), write).stat().st_size
 
 
@@ -64,10 +71,18 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """(arrays, metadata) of a weights file; anything unreadable is one clear error."""
-  from tinygrad.nn.state import safe_load
+  """(float32 arrays, metadata) of a weights file, read with numpy; anything unreadable is one clear error."""
   meta = read_metadata(path)
-  try: state = {k: v.numpy() for k, v in safe_load(str(path)).items()}
+  try:
+    raw = Path(path).read_bytes()
+    start = 8 + int.from_bytes(raw[:8], "little")
+    data, state = memoryview(raw)[start:], {}
+    for k, v in json.loads(raw[8:start]).items():
+      if k == "__metadata__": continue
+      (lo, hi), shape = v["data_offsets"], tuple(v["shape"])
+      if v["dtype"] != "F32": raise ValueError(f"{k} is {v['dtype']}, not F32")
+      if not 0 <= lo <= hi <= len(data) or hi - lo != 4 * int(np.prod(shape)): raise ValueError(f"{k}: offsets {lo}..{hi} do not hold {shape}")
+      state[k] = np.frombuffer(data[lo:hi], "<f4").reshape(shape)
   except Exception as e: raise UserError(f"{path} is damaged: its tensors cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
   return state, meta
 

@@ -163,3 +163,29 @@ def test_images_become_mnist_style_inputs():
   rows = np.flatnonzero(out.max(1) > 25)
   assert 18 <= len(rows) <= 21, "fits MNIST's 20x20 box"
   with pytest.raises(UserError, match="blank"): to_mnist(np.ones((50, 50)))
+
+
+def test_a_weights_file_has_the_bytes_of_tinygrads_safe_save_and_reads_back_exactly(tmp_path):
+  """Written and read with numpy (safe_save needs tinygrad's CPU backend, and so clang: an H100 machine without clang
+  saved no weights), in the bytes tinygrad's safe_save writes, so its safe_load and other safetensors readers read it."""
+  from tinygrad import Tensor
+  from tinygrad.nn.state import safe_load, safe_save
+  try: (Tensor([1], device="CPU") + 1).realize()
+  except Exception as e: pytest.skip(f"the reference, tinygrad's safe_save, needs tinygrad's CPU backend, which fails here: {type(e).__name__}")
+  rng = np.random.default_rng(0)
+  state = {"hidden.0.weight": rng.standard_normal((7, 784)).astype(np.float32), "hidden.0.bias": rng.standard_normal(7).astype(np.float32),
+           "out.weight": rng.standard_normal((10, 7)), "bn.mean": np.arange(3, dtype=np.float32)}  # a float64 array is written as float32
+  meta = {"format": weights.FORMAT, "name": "ümlaut run"}
+  size = weights.save(tmp_path / "ours.safetensors", state, meta)
+  safe_save({k: Tensor(np.asarray(v, np.float32), device="CPU") for k, v in state.items()}, str(tmp_path / "tinygrads.safetensors"), meta)
+  assert (tmp_path / "ours.safetensors").read_bytes() == (tmp_path / "tinygrads.safetensors").read_bytes()
+  assert size == (tmp_path / "ours.safetensors").stat().st_size
+  back, back_meta = weights.load(tmp_path / "ours.safetensors")
+  assert back_meta == meta and list(back) == list(state)
+  for k, v in state.items():
+    assert back[k].dtype == np.float32 and np.array_equal(back[k], np.asarray(v, np.float32)), k
+    assert np.array_equal(safe_load(str(tmp_path / "ours.safetensors"))[k].to("CPU").numpy(), back[k]), k
+  # a cut-off file is one clear error
+  raw = (tmp_path / "ours.safetensors").read_bytes()
+  (tmp_path / "cut.safetensors").write_bytes(raw[:-100])
+  with pytest.raises(UserError, match="is damaged: its tensors cannot be read"): weights.load(tmp_path / "cut.safetensors")
