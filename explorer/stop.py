@@ -4,39 +4,17 @@ The handler raises KeyboardInterrupt, but Python drops an exception raised while
 frees buffers there, so a signal often lands in one). The handler therefore also sets a flag that the training loop
 checks after every step. Only the first signal raises: a second one must not break the saving of the records.
 
-Once everything is written and printed, `leave(code)` ends the process: a stop from then on is ignored.
-
-Inside `with stop.holding:` the raise waits until the block ends. A kernel split across threads uses it: cut between
-handing out its pieces and counting them back, it would leave the pool and the caller out of step (a hang)."""
+Once everything is written and printed, `leave(code)` ends the process: a stop from then on is ignored."""
 import os, signal, sys
 
 _requested = False  # a stop was asked for
-_pending = False  # ... and its KeyboardInterrupt waits for the end of a `holding` block
-_holding = 0
 
 
 def _handler(signum, frame) -> None:
-  global _requested, _pending
+  global _requested
   if _requested: return
   _requested = True
-  if _holding: _pending = True
-  else: raise KeyboardInterrupt
-
-
-class _Holding:
-  def __enter__(self) -> None:
-    global _holding
-    _holding += 1
-
-  def __exit__(self, *exc) -> None:
-    global _holding, _pending
-    _holding -= 1
-    if _pending and not _holding and exc[0] is None:
-      _pending = False
-      raise KeyboardInterrupt
-
-
-holding = _Holding()
+  raise KeyboardInterrupt
 
 
 def install() -> None:

@@ -279,10 +279,11 @@ def test_fast_replay_trains_bit_identically_to_tinygrads_jit_call(model, tiny_da
   if not fastpath.active(): pytest.skip("the CPU fast path is not installed (EXPLORER_STOCK=1 or not the CPU device)")
   cfg = make_config(model, {**(TINY_MLP if model == "mlp" else TINY_CNN), "steps": 6, "eval_every": 3, "dropout": 0.1}, "t")
   plain = Trainer(fast_replay=False).run(cfg, tiny_data)
-  before = replay.stats["replayed"]
+  before, native = replay.stats["replayed"], replay.stats["native"]
   trainer = Trainer()
   first, second = trainer.run(cfg, tiny_data), trainer.run(with_overrides(cfg, {"lr_max": 2e-3}, "t"), tiny_data)
   assert replay.stats["replayed"] - before >= 2 * 4, "train and eval calls after the capture were replayed"
+  assert replay.stats["native"] - native == replay.stats["replayed"] - before, "each as one call of the native pool"
   assert first["history"]["train_loss"] == plain["history"]["train_loss"]
   assert (first["test_acc"], first["history"]["val_loss"]) == (plain["test_acc"], plain["history"]["val_loss"])
   again = Trainer(fast_replay=False).run(with_overrides(cfg, {"lr_max": 2e-3}, "t"), tiny_data)

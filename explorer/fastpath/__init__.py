@@ -2,7 +2,8 @@
 
 Each piece gives the same numbers as stock tinygrad (tested: tests/test_fastpath.py), only faster on the CPU:
   replay.py         a captured TinyJit step called straight from a plan, without tinygrad's per-call bookkeeping
-  cpu_threads.py    the pieces tinygrad splits a big CPU kernel into, run on a thread pool instead of one by one
+  cpu_threads.py    the pieces tinygrad splits a big CPU kernel into, run on a native thread pool (pool.c) instead
+                    of one by one; a replayed step is one call of it
   program_cache.py  lowered kernels kept in tinygrad's disk cache, so a new process does not lower them again
   beam_guard.py     BEAM choices timed once against tinygrad's stock kernels: a slower one is not used
   tiles.py          without BEAM, the big kernels' register tiles fitted to this CPU in seconds (bit-identical)

@@ -2,28 +2,35 @@
 
 tinygrad 0.14 already compiles each large CPU kernel as NUM_CPU_THREADS independent pieces (a `core_id` argument picks
 the piece's slice of the output), but CPUProgram.__call__ runs the pieces one after the other on the calling thread.
-Here the pieces run on a small pool of threads instead. The kernels are machine code called through ctypes, which
-releases the GIL, so they really run at once. Same kernels and same pieces, so the results are bit-identical.
+Here the pieces run on a small pool of native threads instead (pool.c, built with clang on first use and kept in the
+explorer's cache folder): same kernels and same pieces, so the results are bit-identical. The pool's threads spin
+between kernels, so handing out the next one costs no thread wake-up, and a replayed step (replay.py) runs all its
+kernels in one call of the pool, without Python between them.
 
-Kernels whose first call takes under MIN_PARALLEL_S stay on the calling thread: waking a thread costs more than they do.
+Kernels whose first call takes under MIN_PARALLEL_S stay on the calling thread: sharing them out costs more than they do.
 
 BEAM search runs with one thread (`one_thread()`), as tinygrad alone would: its choices, timed that way and cached on
 disk, were faster with threads than choices timed with threads (MLP step 6.7-7.0 vs 7.2-7.8 ms), and they stay shared."""
 from __future__ import annotations
-import contextlib, ctypes, functools, queue, threading, time
+import contextlib, ctypes, functools, hashlib, os, shutil, subprocess, time
+from pathlib import Path
 from tinygrad.codegen.opt import KernelOptError, Opt, OptOps, search
 from tinygrad.helpers import NUM_CPU_THREADS, prod
 from tinygrad.runtime import ops_cpu
 from tinygrad.uop.ops import AxisType
-from explorer import stop
 from explorer.machine import available_cores
 
 MIN_PARALLEL_S = 50e-6
+MAX_ARGS = 24  # pool.c's
 _sequential_call = ops_cpu.CPUProgram.__call__
-_workers: list[queue.SimpleQueue] = []
+_pool = None  # the loaded pool.c
 _active = 1  # threads in use, the calling one included
-_finished: queue.SimpleQueue = queue.SimpleQueue()
 stats = {"pieces_on_pool": 0}  # how many kernel pieces ran on a pool thread (tests check it)
+
+
+class Kernel(ctypes.Structure):  # pool.c's kernel_t
+  _fields_ = [("fxn", ctypes.c_void_p), ("nargs", ctypes.c_int32), ("slot", ctypes.c_int32), ("pieces", ctypes.c_int32),
+              ("split", ctypes.c_int32), ("args", ctypes.c_uint64 * MAX_ARGS)]
 
 
 def check() -> None:
@@ -32,6 +39,29 @@ def check() -> None:
   require(AxisType, "GLOBAL", "WEAK")
   require(ops_cpu.CPUProgram, "__call__")
   require(search, "beam_search")
+  pool()
+
+
+def pool():
+  """pool.c, built on first use for this source (a compiler from $CC, clang or cc) and loaded once per process."""
+  global _pool
+  if _pool is None:
+    source = Path(__file__).with_name("pool.c")
+    from explorer.data import cache_dir
+    built = cache_dir("build") / f"pool-{hashlib.sha256(source.read_bytes()).hexdigest()[:16]}.so"
+    if not built.exists():
+      compiler = next((c for c in (os.environ.get("CC"), "clang", "cc") if c and shutil.which(c)), None)
+      if compiler is None: raise RuntimeError("no C compiler (clang or cc) to build the kernel thread pool")
+      built.parent.mkdir(parents=True, exist_ok=True)
+      tmp = built.with_name(f"{built.name}.{os.getpid()}.tmp")
+      r = subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", str(tmp), str(source)], capture_output=True, text=True)
+      if r.returncode != 0: raise RuntimeError(f"building the kernel thread pool failed: {' '.join(r.stderr.split())[:200]}")
+      os.replace(tmp, built)  # whole or not at all, also with several explorers building at once
+    lib = ctypes.CDLL(str(built))
+    lib.pool_start.argtypes, lib.pool_start.restype = [ctypes.c_int], ctypes.c_int
+    lib.pool_run.argtypes, lib.pool_run.restype = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int], ctypes.c_long
+    _pool = lib
+  return _pool
 
 
 def default_threads(workers: int = 1) -> int:
@@ -42,11 +72,22 @@ def default_threads(workers: int = 1) -> int:
 def threads() -> int: return _active
 
 
-def _work(jobs: queue.SimpleQueue) -> None:
-  while True:
-    fxn, calls = jobs.get()
-    for args in calls: fxn(*args)
-    _finished.put(None)
+def kernel(program, bufs, global_size, vals) -> Kernel | None:
+  """One call of a CPU program as pool.c runs it, or None where only tinygrad's call will do (LVP, too many args)."""
+  args = [*(b.va_addr for b in bufs), *(v or 0 for v in vals)]  # core_id's value is None: each piece sets its own
+  if program.lvp or len(args) > MAX_ARGS: return None
+  slot = program.runtimevars.get("core_id")
+  return Kernel(program.addr, len(args), -1 if slot is None else slot, global_size[0], not getattr(program, "_small", False),
+                (ctypes.c_uint64 * MAX_ARGS)(*args))
+
+
+class Steps:
+  """A replayed step's kernels, run in one call of the pool."""
+  def __init__(self, kernels: list[Kernel]):
+    self.n, self.array = len(kernels), (Kernel * len(kernels))(*kernels)
+
+  def __call__(self) -> None:
+    stats["pieces_on_pool"] += pool().pool_run(self.array, self.n, _active)
 
 
 def _parallel_call(self, *bufs, global_size=(1, 1, 1), local_size=(1, 1, 1), vals=(), wait=False, timeout=None):
@@ -59,36 +100,16 @@ def _parallel_call(self, *bufs, global_size=(1, 1, 1), local_size=(1, 1, 1), val
     self._small = (elapsed := time.perf_counter() - st) < MIN_PARALLEL_S
     return elapsed if wait else None
   st = time.perf_counter()
-  args = [*(b.va_addr for b in bufs), *vals]
-  calls = [[ctypes.c_uint64(tid if i == slot else x) for i, x in enumerate(args)] for tid in range(pieces)]
-  shares = [calls[k::_active] for k in range(_active)]  # piece k runs on executor k % threads
-  used = [(w, share) for w, share in zip(_workers, shares[1:]) if share]
-  with stop.holding:  # a Ctrl-C raised between handing out pieces and counting them back would leave a hang behind
-    for w, share in used: w.put((self.fxn, share))
-    for a in shares[0]: self.fxn(*a)
-    _wait_for(len(used))
-    stats["pieces_on_pool"] += pieces - len(shares[0])
+  if (k := kernel(self, bufs, global_size, vals)) is None:
+    return _sequential_call(self, *bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, timeout=timeout)
+  stats["pieces_on_pool"] += pool().pool_run(ctypes.byref(k), 1, _active)
   return time.perf_counter() - st if wait else None
-
-
-def _wait_for(pieces: int) -> None:
-  done = 0
-  try:
-    while done < pieces: _finished.get(); done += 1
-  except KeyboardInterrupt:  # raised by a handler other than explorer.stop's: let the pieces finish, so no stale "done"
-    # is left for the next call; the timeout because the interrupt may have come after a get() but before its count
-    with contextlib.suppress(queue.Empty):
-      while done < pieces: _finished.get(timeout=1.0); done += 1
-    raise
 
 
 def set_threads(n: int) -> int:
   """Run CPU kernels on n threads (the calling one included) from now on; 1 is tinygrad's own sequential call."""
   global _active
-  while len(_workers) < n - 1:
-    jobs: queue.SimpleQueue = queue.SimpleQueue()
-    threading.Thread(target=_work, args=(jobs,), daemon=True, name="cpu-kernel").start()
-    _workers.append(jobs)
+  n = pool().pool_start(n) if n > 1 else 1
   if n > 1:
     ops_cpu.CPUProgram.__call__ = _parallel_call
     if not hasattr(search.beam_search, "splits"): search.beam_search = _split_after_search(search.beam_search)

@@ -5,6 +5,7 @@ matcher that resolves its buffers, launch sizes and runtime again: about 20 us p
 5-6 ms step (46 kernels). The explorer passes the same preallocated input buffers to every call of a compiled step,
 so all of that can be worked out once. A plan holds, per kernel of the captured step, its program, buffers and launch
 sizes, and the replay calls them in order: the same programs on the same buffers, so the results are bit-identical.
+Where every kernel fits, the whole step is one call of cpu_threads' native pool, with no Python between kernels.
 
 Only for CPU programs without symbolic sizes; anything else (another device, DEBUG>=2 timings, a JIT not captured
 yet or never captured as with JIT=0, other input buffers) goes through tinygrad's own call."""
@@ -15,8 +16,9 @@ from tinygrad.engine.jit import CapturedJit, _prepare_jit_inputs
 from tinygrad.engine.realize import get_runtime, resolve_params, unwrap_multi
 from tinygrad.helpers import DEBUG, to_tuple
 from tinygrad.uop.ops import Ops
+from explorer.fastpath import cpu_threads
 
-stats = {"replayed": 0}  # calls served by a plan (tests check it)
+stats = {"replayed": 0, "native": 0}  # calls served by a plan, and of those by one call of the native pool (tests check)
 
 
 def check() -> None:
@@ -31,6 +33,7 @@ class Plan:
   captured: object  # the capture it was made from
   inputs: tuple  # the input tensors' UOps it was made for
   kernels: list  # (program, buffers, global size, local size, vals) per kernel, in order
+  steps: object = None  # the same kernels as one call of cpu_threads' pool, where they all fit it
 
 
 def make_plan(jit, args: tuple[Tensor, ...]) -> Plan | None:
@@ -50,7 +53,8 @@ def make_plan(jit, args: tuple[Tensor, ...]) -> Plan | None:
     global_size, local_size = ast.arg.launch_dims({})
     kernels.append((program, [b.ensure_allocated().get_buf(devices[0]) for b in per_device[0][0]], global_size, local_size,
                     ast.arg.vals({})))
-  return Plan(captured, tuple(t.uop for t in args), kernels)
+  native = [cpu_threads.kernel(program, bufs, global_size, vals) for program, bufs, global_size, _, vals in kernels]
+  return Plan(captured, tuple(t.uop for t in args), kernels, None if None in native else cpu_threads.Steps(native))
 
 
 def call(jit, *args: Tensor):
@@ -61,8 +65,12 @@ def call(jit, *args: Tensor):
      any(t.uop is not u for t, u in zip(args, plan.inputs)):
     plan = jit._replay_plan = make_plan(jit, args) or Plan(jit.captured, tuple(t.uop for t in args), [])
   if not plan.kernels: return jit(*args)  # no plan applies: tinygrad's own call
-  for program, bufs, global_size, local_size, vals in plan.kernels:
-    program(*bufs, global_size=global_size, local_size=local_size, vals=vals)
+  if plan.steps is not None:
+    plan.steps()
+    stats["native"] += 1
+  else:
+    for program, bufs, global_size, local_size, vals in plan.kernels:
+      program(*bufs, global_size=global_size, local_size=local_size, vals=vals)
   jit.cnt += 1
   stats["replayed"] += 1
   return jit.captured.ret
