@@ -28,6 +28,7 @@ if os.environ.get("_INNER"):
     with Context(DEBUG=2 if i == 5 else 0): tr.train_batch(c, x, y)
   raise SystemExit
 out = subprocess.run([sys.executable, __file__, *sys.argv[1:]], env={**os.environ, "_INNER": "1"}, capture_output=True, text=True)
+if out.returncode != 0: raise SystemExit(f"experiments_kernels: the timed process failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
 txt = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr).split("=====MARK", 1)[-1]
 rows = []
 for line in txt.splitlines():

@@ -9,8 +9,10 @@ Usage: opt = make_optimizer("adamw", params, wd=0.05); in the (jitted) step: zer
 Tensor.realize(*opt.step(lr)). Between runs: opt.set_hyper(...); opt.reset(); reinit params with assign.
 """
 from __future__ import annotations
+import numpy as np
 from tinygrad import Tensor, dtypes
 from explorer.config import OPTIMIZERS
+from explorer.fastpath import fill
 
 NS_STEPS, NS_COEFFICIENTS = 5, (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic Newton-Schulz iteration
 
@@ -46,13 +48,11 @@ class Optimizer:
   def set_hyper(self, **values: float) -> None:
     """Writes new values into the hyperparameter buffers; a captured step reads them on its next run."""
     self._check_names(values)
-    for k, v in values.items(): self.hyper[k].assign(Tensor([float(v)], dtype=dtypes.float32, device=self.device))
-    Tensor.realize(*(self.hyper[k] for k in values))
+    for k, v in values.items(): fill(self.hyper[k], [float(v)])
 
   def reset(self) -> None:
     """Zeroes every moment buffer and the step count in place (the same buffers the JIT captured)."""
-    for s in self.state: s.assign(Tensor.zeros(*s.shape, dtype=s.dtype, device=s.device))
-    Tensor.realize(*self.state)
+    for s in self.state: fill(s, np.zeros(s.shape))
 
   def zero_grad(self) -> None:
     for p in self.params: p.grad = None

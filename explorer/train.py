@@ -9,7 +9,7 @@ from tinygrad import Context, Device, Tensor, TinyJit, dtypes
 from explorer.config import RunConfig
 from explorer.data import Dataset, normalization
 from explorer import fastpath, stop
-from explorer.fastpath import host_tensor, read_scalar, write_input
+from explorer.fastpath import fill, host_tensor, read_scalar, write_input
 from explorer.errors import UserError
 from explorer.optim import DEFAULTS as OPTIMIZER_DEFAULTS, Optimizer, make_optimizer
 from explorer.tricks import WeightAverage, confusion_and_errors, smoothed_cross_entropy
@@ -49,7 +49,7 @@ class Schedule:
     for name, value in values.items(): self.set_value(name, value)
 
   def set_value(self, name: str, value: float) -> None:
-    self.h[name].assign(Tensor([value], dtype=dtypes.float32, device=self.h[name].device)).realize()
+    fill(self.h[name], [value])
 
   def lr(self) -> Tensor:
     """LR for the current step, then advances the counter (both inside the compiled step)."""
@@ -197,9 +197,9 @@ class Trainer:
     c.opt.set_hyper(**{k: float(getattr(cfg, k)) for k in OPT_HYPER[cfg.opt]})
     c.schedule.set(cfg)
     mean, std = normalization(cfg.dataset)
-    c.mean_std.assign(Tensor([mean, std], dtype=dtypes.float32, device=c.mean_std.device)).realize()
-    c.augment.assign(Tensor([math.radians(cfg.rotate), cfg.scale, cfg.shift], dtype=dtypes.float32, device=c.augment.device)).realize()
-    c.tricks.assign(Tensor([cfg.label_smoothing, cfg.ema, cfg.cutout], dtype=dtypes.float32, device=c.tricks.device)).realize()
+    fill(c.mean_std, [mean, std])
+    fill(c.augment, [math.radians(cfg.rotate), cfg.scale, cfg.shift])
+    fill(c.tricks, [cfg.label_smoothing, cfg.ema, cfg.cutout])
     if c.average is not None: c.average.reset()
 
   def train_batch(self, c: Compiled, x: np.ndarray, y: np.ndarray) -> float:

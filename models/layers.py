@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import numpy as np
 from tinygrad import Tensor, dtypes
+from explorer.fastpath import fill  # writes into a tensor's buffer in place
 
 
 def _param(*shape: int) -> Tensor:
@@ -12,7 +13,7 @@ def _param(*shape: int) -> Tensor:
 
 
 def _assign(t: Tensor, values: np.ndarray) -> None:
-  t.assign(Tensor(values.astype(np.float32), device=t.device)).realize()
+  fill(t, values)
 
 
 class Linear:
@@ -80,8 +81,8 @@ class Rng:
     self.counter = Tensor.zeros(2, dtype=dtypes.uint32).contiguous().realize()
 
   def reseed(self, seed: int) -> None:
-    self.key.assign(Tensor([seed & 0xFFFFFFFF, 0x9E3779B9], dtype=dtypes.uint32, device=self.key.device)).realize()
-    self.counter.assign(Tensor([0, 0], dtype=dtypes.uint32, device=self.key.device)).realize()
+    fill(self.key, [seed & 0xFFFFFFFF, 0x9E3779B9])
+    fill(self.counter, [0, 0])
 
   def rand(self, *shape: int) -> Tensor:
     """uniform [0, 1) floats; advances the counter in the graph so each step draws new numbers."""

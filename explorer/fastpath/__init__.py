@@ -84,6 +84,16 @@ def write_input(t, a):
   return x if x.dtype == t.dtype else x.cast(t.dtype)
 
 
+def fill(t, values) -> None:
+  """Write host values into realized tensor t's own buffer, in place, so a compiled step that reads t sees them: the
+  allocator's copy on the fast path (no schedule: resetting a run through tinygrad's assign took 0.3 s), tinygrad's
+  assign on stock tinygrad. The values are converted to t's dtype on the host either way."""
+  import numpy as np
+  a = np.asarray(values, np.dtype(t.dtype.fmt)).reshape(t.shape)
+  if _on and _buffers.fill(t, a): return
+  t.assign(host_tensor(a, t.device)).realize()
+
+
 def host_tensor(a, device: str):
   """Tensor(a, device=device) for host array a. CUDA's copy-in takes the address of a writable view of the array, so a
   read-only one (a slice of the loaded dataset, weights read from a file) is copied first: otherwise every evaluation

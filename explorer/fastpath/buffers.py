@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 from tinygrad import Device, Tensor
 from tinygrad.dtype import _to_np_dtype
+from tinygrad.uop.ops import Ops
 
 
 def check() -> None:
@@ -20,6 +21,14 @@ def write_input(t: Tensor, a: np.ndarray) -> Tensor:
   buf = t.uop.buffer.ensure_allocated()
   buf.allocator._copyin(buf._buf, memoryview(np.require(a, _to_np_dtype(buf.dtype), ["C", "W"])).cast("B"))
   return t
+
+
+def fill(t: Tensor, a: np.ndarray) -> bool:
+  """write_input into a realized tensor's own buffer; False where t is not one (a view, a pending computation)."""
+  u = t.uop
+  if u.op is not Ops.BUFFER or not u.is_realized or u.buffer.size != a.size: return False
+  write_input(t, a)
+  return True
 
 
 def read_scalar(t: Tensor) -> float:
