@@ -9,7 +9,7 @@ from tinygrad import Context, Device, Tensor, TinyJit, dtypes
 from explorer.config import RunConfig
 from explorer.data import Dataset, normalization
 from explorer import fastpath, stop
-from explorer.fastpath import fill, host_tensor, read_scalar, write_input
+from explorer.fastpath import fill, read_scalar, write_input
 from explorer.errors import UserError
 from explorer.optim import DEFAULTS as OPTIMIZER_DEFAULTS, Optimizer, make_optimizer
 from explorer.tricks import WeightAverage, confusion_and_errors, smoothed_cross_entropy
@@ -238,7 +238,7 @@ class Trainer:
 
   def load_state(self, c: Compiled, state: dict[str, np.ndarray]) -> None:
     """Writes saved weights into the compiled model's buffers (names and shapes checked by the caller)."""
-    for name, t in model_state(c.model).items(): t.assign(host_tensor(np.asarray(state[name], np.float32), t.device)).realize()
+    for name, t in model_state(c.model).items(): fill(t, state[name])
 
   def run(self, cfg: RunConfig, data: Dataset, progress: Callable[[dict], None] | None = None) -> dict:
     """Train one configuration; returns its metrics and histories. A NaN/inf loss stops it as 'diverged'."""
@@ -324,4 +324,4 @@ class Trainer:
       if state["weights"] is not None: self._load_weights(c, state["weights"])
 
   def _load_weights(self, c: Compiled, weights: list[np.ndarray]) -> None:
-    for p, w in zip(c.params, weights): p.assign(host_tensor(w, p.device)).realize()
+    for p, w in zip(c.params, weights): fill(p, w)

@@ -3,7 +3,7 @@ Their values are device scalars, so runs that differ only in them share one comp
 from __future__ import annotations
 import numpy as np
 from tinygrad import Tensor, dtypes
-from explorer.fastpath import host_tensor
+from explorer.fastpath import fill
 
 
 def smoothed_cross_entropy(logits: Tensor, y: Tensor, smoothing: Tensor) -> Tensor:
@@ -40,7 +40,7 @@ class WeightAverage:
     evaluation, and again after it."""
     live = [t.numpy().copy() for t in self.tensors]
     for t, a in zip(self.tensors, self.average): t.assign(a.contiguous()).realize()
-    for a, v in zip(self.average, live): a.assign(host_tensor(v, a.device)).realize()
+    for a, v in zip(self.average, live): fill(a, v)
 
 
 def confusion_and_errors(probs: np.ndarray, labels: np.ndarray, images: np.ndarray, keep: int = 24) -> dict:
