@@ -1,6 +1,6 @@
 """bench/vs_torch.py end to end on the small generated IDX files, and the PyTorch side it compares against: the same
 layers (the tinygrad model's weights give the same outputs in torch) and the same LR schedule."""
-import importlib.util, re, subprocess, sys
+import importlib.util, os, re, subprocess, sys
 import numpy as np
 import pytest
 import torch  # installed by ./setup.sh --test: the bench's reference
@@ -62,3 +62,16 @@ def test_vs_torch_table(data_dir, tmp_path):
 def test_vs_torch_rejects_an_unknown_way():
   r = subprocess.run([sys.executable, str(ROOT / "bench" / "vs_torch.py"), "--ways", "main,quick"], cwd=ROOT, capture_output=True, text=True)
   assert r.returncode == 2 and "unknown way 'quick'" in r.stderr
+
+
+def test_eval_vs_torch_prints_both_passes_and_their_ratio(mnist):
+  """bench/eval_vs_torch.py on real MNIST, one round: both ways timed per 1,000 images, the ratio their quotient."""
+  from tests.conftest import MNIST_DIR
+  r = subprocess.run([sys.executable, str(ROOT / "bench" / "eval_vs_torch.py"), "mlp", "1"], cwd=ROOT, capture_output=True, text=True,
+                     timeout=300, env={**os.environ, "DATA_DIR": str(MNIST_DIR)})
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "a validation pass of 10,000 images in batches of 1000, 1 rounds" in r.stdout, r.stdout
+  ms = {m[1]: float(m[2]) for m in re.finditer(r"^  (explorer|PyTorch)\s+([\d.]+) ms per 1,000 images", r.stdout, re.M)}
+  ratio = re.search(r"explorer / PyTorch: ([\d.]+)", r.stdout)
+  assert set(ms) == {"explorer", "PyTorch"} and all(v > 0 for v in ms.values()) and ratio, r.stdout
+  assert float(ratio[1]) == pytest.approx(ms["explorer"] / ms["PyTorch"], rel=0.03)  # of the unrounded medians
