@@ -4,7 +4,7 @@ Per (suite, dataset) a folder (the results folder itself for experiments/mnist) 
 category, mean ± std over repeats, a noise-aware verdict, per-axis swings, overfit and efficiency tables), <model>.csv
 (one row per run) and plots/<model>/*.png; comparison.md when several models share the folder; index.md at the top."""
 from __future__ import annotations
-import base64, csv, hashlib, json, math, os, shlex, statistics, sys, zlib
+import base64, csv, functools, hashlib, json, math, os, shlex, statistics, sys, zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,25 +318,29 @@ def _file_id(path: Path) -> list[int]:
 
 
 class Plotter:
-  """Writes one report folder's figures and remembers the written paths; a failing plot is a warning, not a lost report.
+  """Collects one report folder's figures; draw_figures() then draws them (in parallel processes where there are cores)
+  and remembers the written paths; a failing plot is a warning, not a lost report.
   A figure is drawn again only when what it shows changed: each one's inputs (records, plotted values) are hashed and
   the hash kept in plots/<model>/.stamps.json, with the drawn file's size and mtime (a file replaced by hand is redrawn)."""
   def __init__(self, folder: Path, model: str, warn: Callable[[str], None], redraw: bool = True):
     self.folder, self.model, self.warn, self.written, self.kept, self.used = folder, model, warn, [], [], set()
     self.redraw = redraw  # False: keep figures that already exist (their runs did not change)
+    self.pending: list[tuple[str, Path, Callable[[Path], Path], str]] = []  # (filename, path, draw, stamp) to draw
+    self.failed: set[str] = set()  # figures whose drawing failed: the report is built again without their links
     self.stamps_path = store.safe_path(folder, "plots", model, STAMPS)
     try: self.stamps = json.loads(self.stamps_path.read_text())
     except (OSError, ValueError): self.stamps = {}
     if not isinstance(self.stamps, dict): self.stamps = {}
 
   def __call__(self, filename: str, draw: Callable[[Path], Path], inputs: Any = None) -> str | None:
-    """Draws into plots/<model>/<filename> unless the stamp of `inputs` (everything the figure shows) says the file is
-    up to date; returns the markdown-relative path, or None when it could not be drawn."""
+    """Puts plots/<model>/<filename> among the figures to draw unless the stamp of `inputs` (everything the figure
+    shows) says the file is up to date; returns the markdown-relative path, or None when it could not be drawn."""
     stem, n = filename.removesuffix(".png"), 2
     while filename in self.used:  # a run named like a summary plot (say "lr-grid"): keep both figures
       filename, n = f"{stem}-{n}.png", n + 1
     self.used.add(filename)
     rel = f"plots/{self.model}/{filename}"
+    if filename in self.failed: return None
     try:
       path = store.safe_path(self.folder, "plots", self.model, filename)
       if not self.redraw and plots.is_complete_png(path): return rel  # (a truncated one from an older version: drawn again)
@@ -345,18 +349,36 @@ class Plotter:
         self.kept.append(path)
         return rel
       self.stamps.pop(filename, None)
-      self.written.append(draw(path))
-      self.stamps[filename] = [stamp, *_file_id(path)]
+      self.pending.append((filename, path, draw, stamp))
       return rel
     except Exception as e:  # one bad history must not cost the whole report
-      self.warn(f"plot {self.folder / rel} failed: {type(e).__name__}: {e}")
+      self._failed(filename, f"{type(e).__name__}: {e}")
       return None
+
+  def _failed(self, filename: str, error: str) -> None:
+    self.failed.add(filename)
+    self.warn(f"plot {self.folder / 'plots' / self.model / filename} failed: {error}")
 
   def save_stamps(self) -> None:
     """Keeps the stamps of figures this report still links (atomically: two explorers may rebuild at once)."""
     stamps = {k: v for k, v in self.stamps.items() if k in self.used}
     if not stamps and not self.stamps_path.exists(): return
     write_json_atomic(self.stamps_path, stamps)
+
+
+def draw_figures(plotters: list[Plotter]) -> None:
+  """Draws every plotter's pending figures, spread over the cores this process may use (plots.draw_all), and keeps
+  the stamps of those drawn."""
+  jobs = [(p, job) for p in plotters for job in p.pending]
+  errors = plots.draw_all([functools.partial(draw, path) for _, (_, path, draw, _) in jobs])
+  for (p, (filename, path, _, stamp)), error in zip(jobs, errors):
+    if error is not None: p._failed(filename, error)
+    else:
+      p.written.append(path)
+      p.stamps[filename] = [stamp, *_file_id(path)]
+  for p in plotters:
+    p.pending.clear()
+    p.save_stamps()
 
 
 def heatmap_for(plot: Plotter, category: str, groups: list[Group], axes: tuple[str, str], model: str = "") -> str | None:
@@ -486,13 +508,15 @@ def speed_note(records: list[dict]) -> str:
 
 def model_report(folder: Path, suite: str, dataset: str, model: str, records: list[dict], others: list[str],
                  warn: Callable[[str], None], redraw: bool = True, variant: str = "", earlier: list[dict] | None = None,
-                 has_quick: bool = False, results_dir: Path | None = None) -> tuple[str, list[Path], dict]:
+                 has_quick: bool = False, results_dir: Path | None = None, plot: Plotter | None = None) -> tuple[str, list[Path], dict]:
   """Markdown text, written plot paths and a summary (for index.md and comparison.md) of one model's runs.
-  variant "quick": the report of the quick passes (own files and figures, clearly marked)."""
+  variant "quick": the report of the quick passes (own files and figures, clearly marked). Its figures are drawn
+  here, unless a plotter is passed: then they are left pending in it (draw_figures), and the paths come with it."""
   groups = make_groups(records)
   categories = by_category(groups)
   stem = report_stem(model, variant)
-  plot = Plotter(folder, stem, warn, redraw)
+  own = plot is None
+  if own: plot = Plotter(folder, stem, warn, redraw)
   devices = sorted({str(r.get("device")) for r in records if r.get("device")}) or ["unknown"]
   versions = sorted({str(r.get("tinygrad_version")) for r in records if r.get("tinygrad_version")}) or ["unknown"]
   best, verdict_text = verdict(groups)
@@ -616,7 +640,7 @@ def model_report(folder: Path, suite: str, dataset: str, model: str, records: li
   summary = {"model": model, "runs": len(records), "configs": len(groups), "best": best,
              "params": best.stat("params").mean if best else None, "ms_per_step": best.stat("ms_per_step").mean if best else None,
              "kept": plot.kept}
-  plot.save_stamps()
+  if own: draw_figures([plot])
   return "\n".join(lines), plot.written, summary
 
 
@@ -698,24 +722,33 @@ def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None, 
     folder.mkdir(parents=True, exist_ok=True)
     summaries = []
     full_models = [m for m in sorted(models, key=model_order) if models[m][""]]
+    reports = []  # the text of every report first; then all their figures at once; then the files
     for model in sorted(models, key=model_order):
       for variant in ("", QUICK):
         runs = models[model][variant]
         if not runs: continue
         others = [m for m in full_models if m != model] if not variant else []
-        text, pngs, summary = model_report(folder, suite, dataset, model, runs, others, note,
-                                           redraw is None or (suite, dataset, model) in redraw, variant,
-                                           models[model]["earlier"] if not variant else None, bool(models[model][QUICK]), results_dir)
-        stem = report_stem(model, variant)
-        md = write_text_atomic(store.safe_path(folder, f"{stem}.md"), text)
-        written += [md, write_csv(store.safe_path(folder, f"{stem}.csv"), runs), *pngs]
-        if not variant: summaries.append(summary)
-        if kept is not None: kept += summary["kept"]
-        rel = md.relative_to(results_dir.resolve()).as_posix()
-        best = summary["best"]
-        kind = label(model) + (" · quick passes (steps capped, not comparable)" if variant else "")
-        index_rows.append([f"{suite} / {dataset}", f"[{kind}]({rel})", summary["runs"], summary["configs"],
-                           code(best.name) if best else "—", pct(best.stat("test_acc")) if best else "—"])
+        args = (folder, suite, dataset, model, runs, others, note, redraw is None or (suite, dataset, model) in redraw, variant,
+                models[model]["earlier"] if not variant else None, bool(models[model][QUICK]), results_dir)
+        plot = Plotter(folder, report_stem(model, variant), note, args[7])
+        reports.append((args, plot, model_report(*args, plot=plot)))
+    draw_figures([plot for _, plot, _ in reports])
+    for args, plot, (text, pngs, summary) in reports:
+      if plot.failed:  # built again without links to the figures that failed (nothing is drawn twice)
+        first_kept, plot.used = list(plot.kept), set()
+        text, pngs, summary = model_report(*args, plot=plot)
+        plot.kept[:] = first_kept  # (the figures just drawn look up to date now: not kept ones)
+      model, variant, runs = args[3], args[8], args[4]
+      stem = report_stem(model, variant)
+      md = write_text_atomic(store.safe_path(folder, f"{stem}.md"), text)
+      written += [md, write_csv(store.safe_path(folder, f"{stem}.csv"), runs), *pngs]
+      if not variant: summaries.append(summary)
+      if kept is not None: kept += summary["kept"]
+      rel = md.relative_to(results_dir.resolve()).as_posix()
+      best = summary["best"]
+      kind = label(model) + (" · quick passes (steps capped, not comparable)" if variant else "")
+      index_rows.append([f"{suite} / {dataset}", f"[{kind}]({rel})", summary["runs"], summary["configs"],
+                         code(best.name) if best else "—", pct(best.stat("test_acc")) if best else "—"])
     if len(summaries) > 1:
       path = write_text_atomic(store.safe_path(folder, "comparison.md"), comparison(suite, dataset, summaries))
       written.append(path)

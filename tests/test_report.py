@@ -354,6 +354,47 @@ def test_figures_are_redrawn_only_when_what_they_show_changed(tmp_path, monkeypa
   assert len([p for p in write_reports(tmp_path) if p.suffix == ".png"]) == 3
 
 
+def test_figures_are_drawn_in_several_processes_and_one_that_fails_costs_only_its_link(tmp_path, monkeypatch):
+  """With two cores the figures are split over two processes; a figure whose drawing fails there is one warning, its
+  link is left out of the report (no link to a missing file), the others are drawn, linked and stamped, and the failed
+  one is tried again by the next report."""
+  import os
+  run_plot = report.plots.run_plot
+  def drawing(record, path):
+    (tmp_path / f"pid-{os.getpid()}-{path.stem}").touch()  # which process drew it (a file: the parent sees it)
+    if record["name"] == "b": raise ValueError("a history it cannot draw")
+    return run_plot(record, path)
+  monkeypatch.setattr(report.plots, "run_plot", drawing)
+  monkeypatch.setattr(report.plots, "_usable_cores", lambda: 2)
+  write_records(tmp_path, [make_record(n, n, "c", 0.9 - i / 100, order=i) for i, n in enumerate("abcd")])
+  warnings = []
+  written = write_reports(tmp_path, warn=warnings.append)
+  pids = {p.name.split("-")[1] for p in tmp_path.glob("pid-*")}
+  assert len(pids) == 2 and str(os.getpid()) in pids, "this process and one other drew"
+  assert warnings == [f"plot {tmp_path / 'plots' / 'mlp' / 'b.png'} failed: ValueError: a history it cannot draw"]
+  text = (tmp_path / "mlp.md").read_text()
+  assert "plots/mlp/b.png" not in text and all(f"plots/mlp/{n}.png" in text for n in "acd")
+  assert "a history it cannot draw" in (tmp_path / "index.md").read_text()
+  figures = tmp_path / "plots" / "mlp"
+  assert sorted(p.name for p in written if p.suffix == ".png") == ["a.png", "c.png", "category-c.png", "d.png"]
+  assert all((figures / n).read_bytes()[:8] == PNG for n in ("a.png", "c.png", "d.png", "category-c.png"))
+  assert not (figures / "b.png").exists() and "b.png" not in json.loads((figures / ".stamps.json").read_text())
+  monkeypatch.setattr(report.plots, "run_plot", run_plot)
+  kept = []
+  assert [p.name for p in write_reports(tmp_path, warn=pytest.fail, kept=kept) if p.suffix == ".png"] == ["b.png"]
+  assert len(kept) == 4 and "plots/mlp/b.png" in (tmp_path / "mlp.md").read_text()
+
+
+def test_draw_all_reports_each_task_and_a_drawing_process_that_died():
+  import os
+  from explorer.plots import draw_all
+  def fails(): raise RuntimeError("no")
+  def dies(): os._exit(3)  # in the second process: its whole share is reported, not lost or hung
+  assert draw_all([lambda: None, fails, lambda: None], workers=1) == [None, "RuntimeError: no", None]
+  assert draw_all([lambda: None, dies, lambda: None, lambda: None], workers=2) == \
+      [None, "the drawing process ended early", None, "the drawing process ended early"]
+
+
 def lr_study():
   """A learning-rate category without the baseline's LR, a combo category that changes the LR with other keys, and a
   duration run that is the same configuration as one combo run except for the LR."""
@@ -372,7 +413,13 @@ def fake_figure(path: Path) -> Path:
   return path
 
 
-def test_an_lr_sweep_takes_only_runs_that_differ_in_the_learning_rate(tmp_path, monkeypatch):
+@pytest.fixture
+def drawn_here(monkeypatch):
+  """Figures drawn in the test's own process, where a stand-in for a plotting function can record its arguments."""
+  monkeypatch.setattr(report.plots, "MAX_DRAWERS", 1)
+
+
+def test_an_lr_sweep_takes_only_runs_that_differ_in_the_learning_rate(tmp_path, monkeypatch, drawn_here):
   drawn = {}
   def lr_plot(series, diverged, path, title):
     drawn[path.name] = (series, title)
@@ -390,7 +437,7 @@ def test_an_lr_sweep_takes_only_runs_that_differ_in_the_learning_rate(tmp_path, 
   assert drawn["lr-learning_rate.png"][1] == "MLP · learning_rate: final validation accuracy vs peak learning rate"
 
 
-def test_figures_mark_measured_points_label_every_swept_value_and_share_one_title_style(tmp_path, monkeypatch):
+def test_figures_mark_measured_points_label_every_swept_value_and_share_one_title_style(tmp_path, monkeypatch, drawn_here):
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   figures = {}
   monkeypatch.setattr(report.plots, "_save", lambda fig, path: figures.setdefault(path.name, fig) and fake_figure(path))
