@@ -38,7 +38,14 @@ class Conv2d:
     _assign(self.weight, rng.uniform(-bound, bound, self.weight.shape))
     _assign(self.bias, rng.uniform(-bound, bound, self.bias.shape))
 
-  def __call__(self, x: Tensor) -> Tensor: return x.conv2d(self.weight, self.bias, padding=self.padding)
+  def __call__(self, x: Tensor) -> Tensor:
+    # the kernel reads a copy with the output channels last (a 4,608-float copy per step for the default CNN): tinygrad
+    # then loads several output channels' weights at once, and the convolution ran about 2x faster on the CPU. Only
+    # where the weights sit in memory changes, not a sum's order: the same bits (tests/test_train.py)
+    return x.conv2d(channels_last(self.weight).permute(3, 0, 1, 2), self.bias, padding=self.padding)
+
+
+def channels_last(weight: Tensor) -> Tensor: return weight.permute(1, 2, 3, 0).contiguous()
 
 
 class Norm:
