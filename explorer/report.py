@@ -508,15 +508,13 @@ def speed_note(records: list[dict]) -> str:
 
 def model_report(folder: Path, suite: str, dataset: str, model: str, records: list[dict], others: list[str],
                  warn: Callable[[str], None], redraw: bool = True, variant: str = "", earlier: list[dict] | None = None,
-                 has_quick: bool = False, results_dir: Path | None = None, plot: Plotter | None = None) -> tuple[str, list[Path], dict]:
+                 has_quick: bool = False, results_dir: Path | None = None, *, plot: Plotter) -> tuple[str, list[Path], dict]:
   """Markdown text, written plot paths and a summary (for index.md and comparison.md) of one model's runs.
-  variant "quick": the report of the quick passes (own files and figures, clearly marked). Its figures are drawn
-  here, unless a plotter is passed: then they are left pending in it (draw_figures), and the paths come with it."""
+  variant "quick": the report of the quick passes (own files and figures, clearly marked). Its figures are left
+  pending in `plot` (draw_figures draws them; the written paths are the plotter's list)."""
   groups = make_groups(records)
   categories = by_category(groups)
   stem = report_stem(model, variant)
-  own = plot is None
-  if own: plot = Plotter(folder, stem, warn, redraw)
   devices = sorted({str(r.get("device")) for r in records if r.get("device")}) or ["unknown"]
   versions = sorted({str(r.get("tinygrad_version")) for r in records if r.get("tinygrad_version")}) or ["unknown"]
   best, verdict_text = verdict(groups)
@@ -640,7 +638,6 @@ def model_report(folder: Path, suite: str, dataset: str, model: str, records: li
   summary = {"model": model, "runs": len(records), "configs": len(groups), "best": best,
              "params": best.stat("params").mean if best else None, "ms_per_step": best.stat("ms_per_step").mean if best else None,
              "kept": plot.kept}
-  if own: draw_figures([plot])
   return "\n".join(lines), plot.written, summary
 
 
@@ -728,17 +725,17 @@ def write_reports(results_dir: Path, warn: Callable[[str], None] | None = None, 
         runs = models[model][variant]
         if not runs: continue
         others = [m for m in full_models if m != model] if not variant else []
-        args = (folder, suite, dataset, model, runs, others, note, redraw is None or (suite, dataset, model) in redraw, variant,
-                models[model]["earlier"] if not variant else None, bool(models[model][QUICK]), results_dir)
-        plot = Plotter(folder, report_stem(model, variant), note, args[7])
-        reports.append((args, plot, model_report(*args, plot=plot)))
-    draw_figures([plot for _, plot, _ in reports])
-    for args, plot, (text, pngs, summary) in reports:
+        draws = redraw is None or (suite, dataset, model) in redraw
+        build = functools.partial(model_report, folder, suite, dataset, model, runs, others, note, draws, variant,
+                                  models[model]["earlier"] if not variant else None, bool(models[model][QUICK]), results_dir)
+        plot = Plotter(folder, report_stem(model, variant), note, draws)
+        reports.append((model, variant, runs, build, plot, build(plot=plot)))
+    draw_figures([plot for *_, plot, _ in reports])
+    for model, variant, runs, build, plot, (text, pngs, summary) in reports:
       if plot.failed:  # built again without links to the figures that failed (nothing is drawn twice)
         first_kept, plot.used = list(plot.kept), set()
-        text, pngs, summary = model_report(*args, plot=plot)
+        text, pngs, summary = build(plot=plot)
         plot.kept[:] = first_kept  # (the figures just drawn look up to date now: not kept ones)
-      model, variant, runs = args[3], args[8], args[4]
       stem = report_stem(model, variant)
       md = write_text_atomic(store.safe_path(folder, f"{stem}.md"), text)
       written += [md, write_csv(store.safe_path(folder, f"{stem}.csv"), runs), *pngs]
