@@ -283,6 +283,33 @@ def test_tiles_fitted_to_this_cpu_give_the_stock_kernels_bits_and_are_tuned_once
   assert again.stdout.splitlines()[0].split()[:2] == ["0", "3"] and again.stdout.splitlines()[1] == "None"
 
 
+FUSED_PRODUCT = """
+import numpy as np
+from tinygrad import Tensor
+from explorer import fastpath
+assert fastpath.install() is None
+from explorer.fastpath import tiles
+rng = np.random.default_rng(1)
+# batchnorm's statistics: per image and channel, a sum over the map of x plus a per-channel product. tinygrad's stock
+# kernel rounds that product once, outside its unrolled loop; a rolled candidate writes it inside the sum, where clang
+# fuses it into an FMA. Standard normals hid the difference; these inputs (a large product next to small values) show it.
+x = Tensor((rng.standard_normal((128, 16, 28, 28)) * 1e-3).astype(np.float32)).realize()
+m = Tensor((rng.standard_normal(16) * 1e3).astype(np.float32)).realize()
+def compute(): return (x + m.reshape(1, 16, 1, 1) * -9.964923265215475e-06).sum(axis=(2, 3)).numpy()
+stock = compute()
+with tiles.fitting(): fitted = compute()
+print(tiles.stats["tuned"], tiles.stats["not_identical"], stock.tobytes() == fitted.tobytes())
+"""
+
+
+def test_a_tile_that_would_fuse_a_rounded_product_into_an_fma_is_not_used(tmp_path):
+  r = run_with_cache(FUSED_PRODUCT, tmp_path / "cache.db")
+  assert r.returncode == 0, r.stdout + r.stderr
+  tuned, not_identical, same = r.stdout.split()
+  assert tuned == "1" and int(not_identical) >= 1, "the rolled candidate sums differently and was turned down"
+  assert same == "True", "the kernel used writes the stock kernel's bytes"
+
+
 # ---- wide loads (explorer/fastpath/wide_loads.py): 8-float loads for wide tiles, in the compile workers too, same bits
 
 WIDE = """
