@@ -311,6 +311,28 @@ def test_a_tile_that_would_fuse_a_rounded_product_into_an_fma_is_not_used(tmp_pa
   assert same == "True", "the kernel used writes the stock kernel's bytes"
 
 
+COLUMN_SUM = """
+import numpy as np
+from tinygrad import Tensor
+from explorer import fastpath
+assert fastpath.install() is None
+from explorer.fastpath import tiles
+# a bias gradient: 128 rows of 512 summed per column, 65,536 adds (under MIN_OPS, over ROW_MIN_OPS)
+g = Tensor(np.random.default_rng(2).standard_normal((128, 512)).astype(np.float32)).realize()
+stock = g.sum(axis=0).numpy()
+with tiles.fitting(): fitted = g.sum(axis=0).numpy()
+small = Tensor.ones(64, 64).contiguous().realize()
+with tiles.fitting(): small.sum(axis=0).numpy()  # 4,096 adds: not tuned
+print(tiles.stats["tuned"], stock.tobytes() == fitted.tobytes())
+"""
+
+
+def test_a_column_sum_is_tuned_with_a_row_of_outputs_and_keeps_its_bits(tmp_path):
+  r = run_with_cache(COLUMN_SUM, tmp_path / "cache.db")
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert r.stdout.split() == ["1", "True"], "the bias-gradient-sized sum tuned (not the small one), with the stock bytes"
+
+
 # ---- wide loads (explorer/fastpath/wide_loads.py): 8-float loads for wide tiles, in the compile workers too, same bits
 
 WIDE = """

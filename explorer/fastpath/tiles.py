@@ -14,6 +14,8 @@ stock kernel wrote every time are timed on one thread, alternately, best of ROUN
 the first round is not timed again), and the fastest is used. (A bigger tile only changes which outputs one loop
 iteration computes, not the order of each output's sum; the check catches the rolled reduces whose order does change,
 as in a padded 3x3 convolution, and those where clang fuses into an FMA a product the stock kernel rounds first.)
+A column sum (one reduce axis, no UPCAST in the stock opts: tinygrad sums one output at a time) from ROW_MIN_OPS adds
+also gets ROW outputs at once as a candidate (the only one below MIN_OPS).
 
 The choice is kept in tinygrad's disk cache (table TABLE), so each kernel is tuned once per machine, and the program
 the pool lowered for it is the one the step runs: tuning adds the other candidates' lowering (in parallel) and the
