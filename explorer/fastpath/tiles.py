@@ -46,7 +46,7 @@ ROW = 16  # outputs of a column sum's first axis at once: the stock sums one col
 ROUNDS = 3
 DROP = 1.5
 # A candidate must write the stock kernel's bytes from standard normals, from values that tie, and from each float
-# buffer made loud in turn (_random_contents). Normals alone let through a rolled sum in which clang fused a product
+# input made loud in turn (_random_contents). Normals alone let through a rolled sum in which clang fused a product
 # into an FMA where the stock kernel rounded it first: the product was 1e-5 of the sum, so it showed only in real runs
 # (the CNN's batchnorm records).
 LOUD = 2.0 ** 20
@@ -107,11 +107,13 @@ def _fitted(call):
   ren = Device[device].renderer
   s = Scheduler(ast, ren)
   s.convert_loop_to_global()  # as tinygrad's apply_opts starts
-  if s.reduceop is None or (n := prod(s.full_shape)) < ROW_MIN_OPS or (n < MIN_OPS and not _column_sum(s)): return None
+  if s.reduceop is None or (n := prod(s.full_shape)) < ROW_MIN_OPS: return None
+  stock = stock_kernel(s) if n < MIN_OPS else None  # a kernel this small is tuned only as a column sum
+  if stock is not None and not _column_sum(s, stock): return None
   key = {"ast": ast.key, "device": ren.target.device, "suffix": ren.suffix, "host": HOST}
   if (verdict := diskcache_get(TABLE, key)) is not None: stats["cached"] += 1
   else:
-    verdict = _tune(s, ast, ren)
+    verdict = _tune(s, ast, ren, stock)
     try: diskcache_put(TABLE, key, verdict)
     except Exception: pass  # a read-only disk: tuned again next time
   return None if verdict["opts"] is None else _fixed(ast, verdict["opts"])
@@ -134,9 +136,9 @@ def _fixed(ast, opts):
   return ast.replace(arg=replace(ast.arg, opts_to_apply=tuple(opts)))
 
 
-def _tune(s, ast, ren) -> dict:
+def _tune(s, ast, ren, stock=None) -> dict:
   t0 = time.perf_counter()
-  stock = stock_kernel(s)
+  stock = stock or stock_kernel(s)
   variants = _variants(stock.applied_opts, _column_sum(s, stock))
   if prod(s.full_shape) < MIN_OPS: variants = variants[-1:]  # a small column sum: its ROW candidate only
   fitting_ones = (next((k for k in map(functools.partial(_with, s), alternatives) if k is not None), None) for alternatives in variants)
