@@ -6,7 +6,7 @@ output axes) and unroll its reduce by 4. With loads of 8 floats (wide_loads.py) 
 nothing, and some run faster with their reduce rolled (bench/README.md). So each big reduce kernel (at least MIN_OPS
 multiply-adds) of a step the explorer compiles is lowered up to three ways, in tinygrad's compile pool: the stock
 kernel, its first two UPCASTs scaled by each of SCALES (8x8), and the first of ROLLED that fits without the stock's
-UNROLLs: the 8x8 tile with its reduce rolled (clang then keeps the 64 sums in registers: the fastest on 8 of the 10
+UNROLLs: the 8x8 tile with its reduce rolled (clang then keeps the 64 sums in registers: the fastest on 9 of the 10
 MLP matmuls surveyed, up to 17 % under the unrolled 8x8, and on the CNN's slowest convolution 25.8 ms against 32.8 ms
 for the rolled 4x4, one thread), or the rolled 4x4 where the 8x8 does not fit. Each runs on the same random inputs (standard normals,
 values that tie, and each float input made loud in turn: _random_contents); those that wrote exactly the bytes the
