@@ -343,7 +343,7 @@ from explorer import fastpath
 assert fastpath.install() is None
 from explorer.fastpath import tiles, wide_loads
 real = tiles._fastest_identical
-def widest(programs, ast, ren):  # the 8x8 tile (the first candidate after the stock one), whatever the timing: its loads are the point
+def widest(programs, ast, ren):  # the 8x8 tile (the candidate after the stock one), whatever the timing: its loads are the point
   best, times = real(programs, ast, ren)
   return (1 if 1 in times else best), times
 tiles._fastest_identical = widest

@@ -1,26 +1,27 @@
-"""Register tiles fitted to this CPU in about a second per kernel, without a BEAM search, with the same bits as stock tinygrad.
+"""Register tiles fitted to this CPU in well under a second per kernel, without a BEAM search, with the same bits as stock tinygrad.
 
 tinygrad's hand-coded optimizations give a big matmul or convolution kernel a 4x4 register tile (UPCAST 4 on two
 output axes) and unroll its reduce by 4. With loads of 8 floats (wide_loads.py) an 8x8 tile runs its multiply-adds in
 256-bit registers: on this machine the MLP suite's matmuls ran 1.6-3.7x faster on one thread. Most convolutions gain
-nothing, and some run faster with their reduce rolled (bench/README.md). So each big reduce kernel (at least MIN_OPS
-multiply-adds) of a step the explorer compiles is lowered up to three ways, in tinygrad's compile pool: the stock
-kernel, its first two UPCASTs scaled by each of SCALES (8x8), and the first of ROLLED that fits without the stock's
-UNROLLs: the 8x8 tile with its reduce rolled (clang then keeps the 64 sums in registers: the fastest on 9 of the 10
-MLP matmuls surveyed, up to 17 % under the unrolled 8x8, and on the CNN's slowest convolution 25.8 ms against 32.8 ms
-for the rolled 4x4, one thread), or the rolled 4x4 where the 8x8 does not fit. Each runs on the same random inputs (standard normals,
-values that tie, and each float input made loud in turn: _random_contents); those that wrote exactly the bytes the
-stock kernel wrote every time are timed on one thread, alternately, best of ROUNDS (one over DROP x the fastest after
-the first round is not timed again), and the fastest is used. (A bigger tile only changes which outputs one loop
-iteration computes, not the order of each output's sum; the check catches the rolled reduces whose order does change,
-as in a padded 3x3 convolution, and those where clang fuses into an FMA a product the stock kernel rounds first.)
-A column sum (one reduce axis, no UPCAST in the stock opts: tinygrad sums one output at a time) from ROW_MIN_OPS adds
-also gets ROW outputs at once as a candidate (the only one below MIN_OPS).
+nothing (bench/README.md). So each big reduce kernel (at least MIN_OPS multiply-adds) of a step the explorer compiles
+is lowered two ways, in tinygrad's compile pool: the stock kernel, and the first of ROLLED that fits without the
+stock's UNROLLs: the 8x8 tile with its reduce rolled (clang then keeps the 64 sums in registers), or the rolled 4x4
+where the 8x8 does not fit. Each runs on the same random inputs (standard normals, values that tie, and each float
+input made loud in turn: _random_starts); a candidate that wrote exactly the bytes the stock kernel wrote every time
+is timed against it on one thread, alternately, best of ROUNDS (one over DROP x the other after the first round is not
+timed again), and the faster is used. (A bigger tile only changes which outputs one loop iteration computes, not the
+order of each output's sum; the check catches the rolled reduces whose order does change, as in a padded 3x3
+convolution, and those where clang fuses into an FMA a product the stock kernel rounds first.) A column sum (one reduce
+axis, no UPCAST in the stock opts: tinygrad sums one output at a time) from ROW_MIN_OPS adds also gets ROW outputs at
+once as a candidate (the only one below MIN_OPS).
 
 The choice is kept in tinygrad's disk cache (table TABLE), so each kernel is tuned once per machine, and the program
-the pool lowered for it is the one the step runs: tuning adds the other candidates' lowering (in parallel) and the
-timing, not a second lowering. Wider tiles (16x8, 16x4) were candidates too; they gained 5-20 % more on a few of the
-MLP's kernels but more than doubled a first run's tuning time, most of it lowering their unrolled code in Python.
+the pool lowered for it is the one the step runs: tuning adds the candidate's lowering (all of a step's kernels' at
+once, in parallel) and the check, not a second lowering. Lowering is most of a first run's tuning, so candidates are
+few: the 8x8 tile with its reduce unrolled by 4 was one until 2026-11-26 (within 3 % of the best of the two on the MLP's
+tuned kernels, one thread, and 0.7 % on the CNN's, but half of all the lowering: the MLP suite's tuning took 39.9 s
+with it and 21.5 s without, bench/README.md); wider tiles (16x8, 16x4) gained 5-20 % more on a few of the MLP's
+kernels but more than doubled a first run's tuning time.
 
 It works where tinygrad lowers the kernels of a schedule (realize.lower_and_compile): inside `fitting()`, each big
 kernel's AST is given the chosen opts (`opts_to_apply`, tinygrad's own way to fix a kernel's opts) before tinygrad
@@ -46,13 +47,12 @@ ROW = 16  # outputs of a column sum's first axis at once: the stock sums one col
 ROUNDS = 3
 DROP = 1.5
 # A candidate must write the stock kernel's bytes from standard normals, from values that tie, and from each float
-# input made loud in turn (_random_contents). Normals alone let through a rolled sum in which clang fused a product
+# input made loud in turn (_random_starts). Normals alone let through a rolled sum in which clang fused a product
 # into an FMA where the stock kernel rounded it first: the product was 1e-5 of the sum, so it showed only in real runs
 # (the CNN's batchnorm records).
 LOUD = 2.0 ** 20
-SCALES = ((2, 2),)  # the stock 4x4 tile becomes 8x8
 ROLLED = ((2, 2), (1, 1))  # the 8x8 tile with its reduce rolled, or the stock 4x4 rolled where 8x8 does not fit
-TABLE = "explorer_tiles11"  # a new candidate set needs a new name: kernels tuned with the old set are tuned again
+TABLE = "explorer_tiles11"  # a new name tunes every kernel again: for new candidates (dropping one needs none)
 HOST = cpu_name()
 stats = {"tuned": 0, "cached": 0, "kept_stock": 0, "not_identical": 0}  # totals (tests read them)
 _since_notice = [0, 0.0]  # kernels tuned and seconds spent since the last notice
@@ -91,15 +91,42 @@ def _with_tiles(lower_and_compile):
   @functools.wraps(lower_and_compile)
   def lowered(linear):
     if _fitting:
-      swaps = {c: c.replace(src=(sink, *c.src[1:])) for c in linear.toposort() if c.op is Ops.CALL and (sink := _fitted(c)) is not None}
-      if swaps: linear = linear.substitute(swaps, name="fitted tiles")
+      fitted = _fitted([c for c in linear.toposort() if c.op is Ops.CALL])
+      if fitted: linear = linear.substitute({c: c.replace(src=(sink, *c.src[1:])) for c, sink in fitted.items()}, name="fitted tiles")
     return lower_and_compile(linear)
   lowered.tiles = True
   return lowered
 
 
-def _fitted(call):
-  """The call's kernel AST with the opts of its fitted tile, or None: not a big reduce on the CPU, or the stock tile won."""
+def _fitted(calls) -> dict:
+  """{call: its kernel AST with the opts of its fitted tile} for the calls whose tile is not the stock one. Kernels not
+  tuned on this machine yet are tuned first, their candidates lowered all together in tinygrad's compile pool (one
+  kernel at a time left a worker idle: 18 s against 12-15 s for the MLP suite's 25 kernels)."""
+  verdicts, todo = {}, {}
+  for c in calls:
+    if (kernel := _big_reduce(c)) is None: continue
+    if (verdict := diskcache_get(TABLE, kernel["key"])) is not None:
+      stats["cached"] += 1
+      verdicts[c] = verdict
+    else: todo.setdefault(repr(kernel["key"]), (kernel, []))[1].append(c)  # the same kernel twice: tuned once
+  if todo:
+    t0 = time.perf_counter()
+    if on_tuned: on_tuned(_since_notice[0])  # the progress line says tiles are being fitted while their candidates lower
+    kernels = list(todo.values())
+    candidates = [_candidates(kernel) for kernel, _ in kernels]
+    programs = _lowered({(k, i): (ast, kernels[k][0]["ren"]) for k, asts in enumerate(candidates) for i, ast in enumerate(asts)})
+    for k, ((kernel, same_calls), asts) in enumerate(zip(kernels, candidates)):
+      verdict = _tune(kernel, asts, {i: programs[k, i] for i in range(len(asts)) if (k, i) in programs})
+      try: diskcache_put(TABLE, kernel["key"], verdict)
+      except Exception: pass  # a read-only disk: tuned again next time
+      verdicts.update(dict.fromkeys(same_calls, verdict))
+    _since_notice[1] += time.perf_counter() - t0
+  return {c: _fixed(c.src[0], v["opts"]) for c, v in verdicts.items() if v["opts"] is not None}
+
+
+def _big_reduce(call) -> dict | None:
+  """The call's kernel where it is a big reduce on the CPU (a column sum from ROW_MIN_OPS adds, anything else from
+  MIN_OPS): its AST, scheduler, renderer, the tile cache's key and, for a small one, its stock kernel. Else None."""
   ast = call.src[0]
   if ast.op is not Ops.SINK or ast.tag is not None or ast.arg.opts_to_apply is not None or ast.arg.beam: return None
   device = call.device if isinstance(call.device, str) else call.device[0]
@@ -110,13 +137,7 @@ def _fitted(call):
   if s.reduceop is None or (n := prod(s.full_shape)) < ROW_MIN_OPS: return None
   stock = stock_kernel(s) if n < MIN_OPS else None  # a kernel this small is tuned only as a column sum
   if stock is not None and not _column_sum(s, stock): return None
-  key = {"ast": ast.key, "device": ren.target.device, "suffix": ren.suffix, "host": HOST}
-  if (verdict := diskcache_get(TABLE, key)) is not None: stats["cached"] += 1
-  else:
-    verdict = _tune(s, ast, ren, stock)
-    try: diskcache_put(TABLE, key, verdict)
-    except Exception: pass  # a read-only disk: tuned again next time
-  return None if verdict["opts"] is None else _fixed(ast, verdict["opts"])
+  return {"ast": ast, "s": s, "ren": ren, "stock": stock, "key": {"ast": ast.key, "device": ren.target.device, "suffix": ren.suffix, "host": HOST}}
 
 
 def _column_sum(s, stock=None) -> bool:
@@ -136,14 +157,19 @@ def _fixed(ast, opts):
   return ast.replace(arg=replace(ast.arg, opts_to_apply=tuple(opts)))
 
 
-def _tune(s, ast, ren, stock=None) -> dict:
-  t0 = time.perf_counter()
-  stock = stock or stock_kernel(s)
+def _candidates(kernel) -> list:
+  """The kernel's AST as it is (the stock tile) and with the opts of each candidate tile that fits it."""
+  s, ast = kernel["s"], kernel["ast"]
+  stock = kernel["stock"] or stock_kernel(s)
   variants = _variants(stock.applied_opts, _column_sum(s, stock))
   if prod(s.full_shape) < MIN_OPS: variants = variants[-1:]  # a small column sum: its ROW candidate only
   fitting_ones = (next((k for k in map(functools.partial(_with, s), alternatives) if k is not None), None) for alternatives in variants)
-  asts = [ast, *(_fixed(ast, k.applied_opts) for k in fitting_ones if k is not None)]
-  programs = _lowered(asts, ren)
+  return [ast, *(_fixed(ast, k.applied_opts) for k in fitting_ones if k is not None)]
+
+
+def _tune(kernel, asts: list, programs: dict) -> dict:
+  """The verdict for a kernel whose candidate asts were lowered into programs ({index: program}, 0 the stock)."""
+  ast, ren = kernel["ast"], kernel["ren"]
   best, times = _fastest_identical(programs, ast, ren) if len(programs) > 1 and 0 in programs else (0, {})
   if best in programs:  # the step runs the program lowered here, not a second lowering of the same kernel
     cache, key = realize.to_program_cache, realize.to_program_key(asts[best], ren)
@@ -151,25 +177,20 @@ def _tune(s, ast, ren, stock=None) -> dict:
   stats["tuned"] += 1
   stats["kept_stock"] += best == 0
   _since_notice[0] += 1
-  _since_notice[1] += time.perf_counter() - t0
   if on_tuned: on_tuned(_since_notice[0])
   return {"opts": None if best == 0 else list(asts[best].arg.opts_to_apply), "stock_s": times.get(0), "chosen_s": times.get(best)}
 
 
 def _variants(opts, column_sum: bool = False) -> list[list[list]]:
-  """Candidates, each a list of alternatives of which the first that fits the kernel is lowered: the stock opts with
-  their first two UPCASTs scaled by SCALES, and without the stock's UNROLLs (rolled) scaled by the first of ROLLED that
-  fits (duplicates and the stock opts themselves left out: a kernel with one UPCAST has fewer); for a column sum, ROW of
-  its outputs at once (on its first axis, else its second)."""
+  """Candidates, each a list of alternatives of which the first that fits the kernel is lowered: the stock opts
+  without their UNROLLs (rolled), their first two UPCASTs scaled by the first of ROLLED that fits (left out where that
+  is the stock opts themselves); for a column sum, ROW of its outputs at once (on its first axis, else its second)."""
   ups = [i for i, o in enumerate(opts) if o.op is OptOps.UPCAST and o.arg][:2]
-  def scaled(scale, rolled: bool) -> list:
+  def rolled(scale) -> list:
     times = dict(zip(ups, scale))
-    v = [Opt(o.op, o.axis, o.arg * times[j]) if j in times else o for j, o in enumerate(opts)]
-    return [o for o in v if o.op is not OptOps.UNROLL] if rolled else v
+    return [Opt(o.op, o.axis, o.arg * times[j]) if j in times else o for j, o in enumerate(opts) if o.op is not OptOps.UNROLL]
   out: list[list[list]] = []
-  for alternatives in [[scaled(sc, False)] for sc in SCALES] + [[scaled(sc, True) for sc in ROLLED]]:
-    alternatives = [v for v in alternatives if v != list(opts) and all(v not in c for c in out)]
-    if alternatives: out.append(alternatives)
+  if alternatives := [v for v in map(rolled, ROLLED) if v != list(opts)]: out.append(alternatives)
   if column_sum:
     body, threads = [o for o in opts if o.op is not OptOps.THREAD], [o for o in opts if o.op is OptOps.THREAD]
     out.append([body + [Opt(OptOps.UPCAST, axis, ROW)] + threads for axis in range(2)])
@@ -200,12 +221,13 @@ def _split(k, o):
   raise KernelOptError(f"no axis takes {o.arg} pieces")
 
 
-def _lowered(asts: list, ren) -> dict:
-  """{index: program} of the asts tinygrad lowered and compiled, in its compile pool (as it lowers a schedule)."""
+def _lowered(kernels: dict) -> dict:
+  """{key: program} of the {key: (ast, renderer)} that tinygrad lowered and compiled, in its compile pool (as it lowers
+  a schedule); a candidate that does not lower or compile is left out."""
   context = {v.key: v.value for v in realize.to_program_context}
   pool = search.get_worker_pool()
-  tasks = [(i, (a, ren), context) for i, a in enumerate(asts)]
-  try: return {i: prg for i, prg in (pool.imap_unordered if pool is not None else map)(_lower_one, tasks) if prg is not None}
+  tasks = [(key, ast_ren, context) for key, ast_ren in kernels.items()]
+  try: return {key: prg for key, prg in (pool.imap_unordered if pool is not None else map)(_lower_one, tasks) if prg is not None}
   except KeyboardInterrupt:  # as tinygrad's own lowering: a pool cut mid-task is not reused
     if pool is not None: realize.terminate_worker_pool()
     raise
@@ -222,16 +244,18 @@ def _fastest_identical(programs: dict, ast, ren) -> tuple[int, dict[int, float]]
   timed (a slow candidate is the costly one to run: a big convolution's 8x8 took 61-121 ms where its stock took 21-42)."""
   rawbufs, var_vals = args_from_ast(ast, ren.target.device)
   bufs = search._ensure_buffer_alloc(rawbufs)
-  starts = [_random_contents(bufs, "normal"), _random_contents(bufs, "ties")] + \
-           [_random_contents(bufs, "normal", loud=i) for i, b in enumerate(bufs) if i and b.dtype == dtypes.float32]
-  first = {i: _run(prg, bufs, var_vals, starts[0]) for i, prg in programs.items()}  # (bytes, seconds) from normals
+  starts = _random_starts(bufs)
+  normals = next(starts)
+  first = {i: _run(prg, bufs, var_vals, normals) for i, prg in programs.items()}  # (bytes, seconds)
   same = [i for i in programs if first[i][0] == first[0][0]]
   stats["not_identical"] += len(programs) - len(same)
   near = [i for i in same if i and first[i][1] <= DROP * min(first[j][1] for j in same)]
-  references = [_run(programs[0], bufs, var_vals, start)[0] for start in starts[1:]] if near else []
+  if not near: return 0, {0: first[0][1]}  # the stock kernel is the only one left: nothing to time (one took 0.25 s a run)
+  others = list(starts)
+  references = [_run(programs[0], bufs, var_vals, start)[0] for start in others]
   timed = {0: programs[0]}
   for i in near:
-    if all(_run(programs[i], bufs, var_vals, start)[0] == ref for start, ref in zip(starts[1:], references)): timed[i] = programs[i]
+    if all(_run(programs[i], bufs, var_vals, start)[0] == ref for start, ref in zip(others, references)): timed[i] = programs[i]
     else: stats["not_identical"] += 1
   best = {i: float("inf") for i in timed}
   with cpu_threads.one_thread():  # as tinygrad alone runs them (and BEAM times them)
@@ -242,26 +266,28 @@ def _fastest_identical(programs: dict, ast, ren) -> tuple[int, dict[int, float]]
   return min(best, key=best.get), best
 
 
-def _random_contents(bufs, kind: str, loud: int | None = None) -> list[bytes]:
-  """Random floats in every float buffer, zeros elsewhere (an index buffer of random ints could point anywhere):
-  standard normals, or values that tie (one of three, a third of them 0: what a max-pool's backward and anything after
-  a ReLU see). With loud=i, buffer i is LOUD times bigger and the others LOUD times smaller: a product of buffer i's
-  values then weighs in every sum, and whether it was rounded before it was added shows."""
+def _random_starts(bufs):
+  """Contents for every buffer, one list per start, made as they are asked for: random floats in every float buffer,
+  zeros elsewhere (an index buffer of random ints could point anywhere). Standard normals; values that tie (one of three, a third of them 0: what
+  a max-pool's backward and anything after a ReLU see); then for each float input i, the normals with buffer i LOUD
+  times bigger and the others LOUD times smaller: a product of buffer i's values then weighs in every sum, and whether
+  it was rounded before it was added shows. Each buffer's values are drawn once, in float32 (drawing them afresh for
+  every start took 17 s of a CNN suite's first run); scaling by a power of 2 is exact."""
   rng = np.random.default_rng(0)
-  start = []
-  for i, b in enumerate(bufs):
-    n = b.nbytes // 4
-    if b.dtype != dtypes.float32: start.append(bytes(b.nbytes)); continue
-    values = rng.standard_normal(n) if kind == "normal" else np.array([0.0, 0.7123, -1.3717])[rng.integers(0, 3, n)]
-    if loud is not None: values = values * (LOUD if i == loud else 1 / LOUD)
-    start.append(values.astype(np.float32).tobytes())
-  return start
+  floats = [i for i, b in enumerate(bufs) if b.dtype == dtypes.float32]
+  def start(values: dict) -> list: return [values[i] if i in values else bytes(b.nbytes) for i, b in enumerate(bufs)]
+  normals = {i: rng.standard_normal(bufs[i].nbytes // 4, dtype=np.float32) for i in floats}
+  yield start(normals)
+  yield start({i: np.array([0.0, 0.7123, -1.3717], np.float32)[rng.integers(0, 3, bufs[i].nbytes // 4, dtype=np.uint8)] for i in floats})
+  louder = np.float32(LOUD)
+  for i in [i for i in floats if i]:  # each float input (buffer 0 is the output)
+    yield start({j: v * louder if j == i else v / louder for j, v in normals.items()})
 
 
 def _run(prg, bufs, var_vals, start: list[bytes]) -> tuple[list[bytes], float]:
   """Every buffer's bytes after one run of prg from the same start (a kernel may also read what it writes), and the
   run's seconds."""
-  for b, data in zip(bufs, start): _view(b)[:] = data
+  for b, data in zip(bufs, start): np.frombuffer(_view(b), np.uint8)[:] = np.frombuffer(data, np.uint8)
   seconds = min(search._time_program(prg, var_vals, bufs, allow_test_size=False, cnt=1))
   return [bytes(_view(b)) for b in bufs], seconds
 
