@@ -5,6 +5,7 @@ PyTorch script of the same configurations (bench/torch_suite.py): wall time of e
   python bench/vs_torch.py                                  mlp: the main command, --workers 2 --beam 2 and the PyTorch script
   python bench/vs_torch.py --model cnn --repeat 2           twice, the second time in reverse order
   python bench/vs_torch.py --ways main --max-steps 5        a quick smoke: every configuration capped at 5 steps
+  python bench/vs_torch.py --ways main --fresh-cache        the explorer's first run on a new machine (tuning, compiling)
 
 Ways: main = `JIT=1 python mnist_explorer.py <model>`; workers = the same with `--workers 2`; fast = with `--workers 2 --beam 2` (its first run on a
 machine searches kernels for minutes and keeps the choice for good: run it on a quiet machine). Each command runs as a
@@ -39,9 +40,9 @@ def clean_env() -> dict:
   return {**{k: v for k, v in os.environ.items() if k not in names}, "JIT": "1"}
 
 
-def run(cmd: list[str], log: Path) -> float:
+def run(cmd: list[str], log: Path, env: dict | None = None) -> float:
   t0 = time.perf_counter()
-  with open(log, "w") as f: rc = subprocess.run(cmd, cwd=ROOT, env=clean_env(), stdout=f, stderr=subprocess.STDOUT).returncode
+  with open(log, "w") as f: rc = subprocess.run(cmd, cwd=ROOT, env={**clean_env(), **(env or {})}, stdout=f, stderr=subprocess.STDOUT).returncode
   wall = time.perf_counter() - t0
   if rc != 0: raise SystemExit(f"vs_torch: `{' '.join(cmd)}` failed (exit {rc}); its last output:\n" + log.read_text()[-3000:])
   return wall
@@ -51,7 +52,9 @@ def explorer_way(way: str, args, tmp: Path) -> tuple[float, dict, dict]:
   results = tmp / "results"
   cmd = [sys.executable, str(ROOT / "mnist_explorer.py"), args.model, "--config", args.config, "--results", str(results)] + WAYS[way] \
     + (["--max-steps", str(args.max_steps)] if args.max_steps else []) + (["--data-dir", args.data_dir] if args.data_dir else [])
-  wall = run(cmd, tmp / "output.log")
+  # --fresh-cache: tinygrad's cache database (compiled kernels, BEAM's and the tiles' choices, the lowered kernels) starts
+  # empty, as on a new machine, and goes with the temporary folder
+  wall = run(cmd, tmp / "output.log", {"CACHEDB": str(tmp / "cache.db")} if args.fresh_cache else None)
   records, _ = load_records(results)
   acc = {r["name"]: r["metrics"].get("test_acc") for r in records if r["model"] == args.model and r["status"] == "done"}
   info = next(({"device": r.get("device"), "threads": r.get("threads"), "beam": r.get("beam")} for r in records), {})
@@ -82,6 +85,9 @@ def parse_args(argv):
   p.add_argument("--repeat", type=int, default=1, help="run the whole comparison K times, every other time in reverse order")
   p.add_argument("--torch-threads", type=int, default=available_cores(), help="threads of the PyTorch script (default: the cores)")
   p.add_argument("--torch-device", default="cpu", help="device of the PyTorch script: cpu (default) or cuda (with DEV=CUDA for the explorer)")
+  p.add_argument("--fresh-cache", action="store_true",
+                 help="each explorer command with an empty tinygrad cache of its own: a new machine's first run (tiles tuned, "
+                      "every kernel compiled; with the fast way, BEAM's search: minutes)")
   p.add_argument("--logs", help="keep each command's output in this folder (<model>-<way>-<run>.log)")
   p.add_argument("--config", default=str(ROOT / "experiments.toml"), help="experiments file (default experiments.toml)")
   p.add_argument("--data-dir", default=os.environ.get("DATA_DIR"), help="MNIST IDX folder (env DATA_DIR; default: where the explorer looks)")
@@ -115,7 +121,8 @@ def main(argv=None) -> int:
   capped = f", every configuration capped at {args.max_steps} steps (`--max-steps`: a smoke run, not a figure)" if args.max_steps else ""
   print(f"Default `{args.model}` suite of {Path(args.config).name}: {len(specs)} configurations, {steps:,} steps{capped}; "
         f"{args.repeat} run{'s' * (args.repeat > 1)}, every other one in reverse order; wall time of the whole command, "
-        f"each into a fresh results folder.\n")
+        f"each into a fresh results folder" + (", the explorer's with an empty tinygrad cache (`--fresh-cache`: a new machine's "
+        "first run)" if args.fresh_cache else "") + ".\n")
   print("| way | wall s | × PyTorch script | largest test-accuracy difference vs PyTorch (points) |\n| --- | ---: | ---: | ---: |")
   for way in order:
     ratios = ", ".join(f"{w / t:.2f}×" for w, t in zip(walls[way], walls[TORCH]))

@@ -59,6 +59,21 @@ def test_vs_torch_table(data_dir, tmp_path):
   assert re.search(r"\*\*PyTorch\*\* \S+, device cpu, \d+ threads", r.stdout), r.stdout
 
 
+def test_vs_torch_fresh_cache_gives_every_explorer_command_a_new_machines_first_run(data_dir, tmp_path):
+  """--fresh-cache: each explorer command starts from an empty tinygrad cache, so the second run tunes its kernels again
+  (a shared cache would have them from the first)."""
+  config = tmp_path / "suite.toml"
+  config.write_text('[mlp]\n[mlp.defaults]\nwidth = 32\nsteps = 1\n\n[[mlp.runs]]\nname = "a"\n')
+  r = subprocess.run([sys.executable, str(ROOT / "bench" / "vs_torch.py"), "--model", "mlp", "--ways", "main", "--repeat", "2", "--fresh-cache",
+                      "--config", str(config), "--data-dir", str(data_dir), "--logs", str(tmp_path / "logs")],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "the explorer's with an empty tinygrad cache (`--fresh-cache`" in r.stdout
+  for run in (1, 2):
+    log = (tmp_path / "logs" / f"mlp-main-{run}.log").read_text()
+    assert "tuned the register tiles of" in log, f"run {run} tuned its kernels on an empty cache:\n{log[-2000:]}"
+
+
 def test_vs_torch_rejects_an_unknown_way():
   r = subprocess.run([sys.executable, str(ROOT / "bench" / "vs_torch.py"), "--ways", "main,quick"], cwd=ROOT, capture_output=True, text=True)
   assert r.returncode == 2 and "unknown way 'quick'" in r.stderr
