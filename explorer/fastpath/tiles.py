@@ -1,4 +1,4 @@
-"""Register tiles fitted to this CPU in well under a second per kernel, without a BEAM search, with the same bits as stock tinygrad.
+"""Register tiles fitted to this CPU in about a second per kernel, without a BEAM search, with the same bits as stock tinygrad.
 
 tinygrad's hand-coded optimizations give a big matmul or convolution kernel a 4x4 register tile (UPCAST 4 on two
 output axes) and unroll its reduce by 4. With loads of 8 floats (wide_loads.py) an 8x8 tile runs its multiply-adds in
