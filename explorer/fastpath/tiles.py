@@ -268,11 +268,11 @@ def _fastest_identical(programs: dict, ast, ren) -> tuple[int, dict[int, float]]
 
 def _random_starts(bufs):
   """Contents for every buffer, one list per start, made as they are asked for: random floats in every float buffer,
-  zeros elsewhere (an index buffer of random ints could point anywhere). Standard normals; values that tie (one of three, a third of them 0: what
-  a max-pool's backward and anything after a ReLU see); then for each float input i, the normals with buffer i LOUD
-  times bigger and the others LOUD times smaller: a product of buffer i's values then weighs in every sum, and whether
-  it was rounded before it was added shows. Each buffer's values are drawn once, in float32 (drawing them afresh for
-  every start took 17 s of a CNN suite's first run); scaling by a power of 2 is exact."""
+  zeros elsewhere (an index buffer of random ints could point anywhere). Standard normals; values that tie (one of
+  three, a third of them 0: what a max-pool's backward and anything after a ReLU see); then for each float input i, the
+  normals with buffer i LOUD times bigger and the others LOUD times smaller: a product of buffer i's values then weighs
+  in every sum, and whether it was rounded before it was added shows. Each buffer's values are drawn once, in float32
+  (drawing them afresh for every start took 17 s of a CNN suite's first run); scaling by a power of 2 is exact."""
   rng = np.random.default_rng(0)
   floats = [i for i, b in enumerate(bufs) if b.dtype == dtypes.float32]
   def start(values: dict) -> list: return [values[i] if i in values else bytes(b.nbytes) for i, b in enumerate(bufs)]
@@ -284,7 +284,7 @@ def _random_starts(bufs):
     yield start({j: v * louder if j == i else v / louder for j, v in normals.items()})
 
 
-def _run(prg, bufs, var_vals, start: list[bytes]) -> tuple[list[bytes], float]:
+def _run(prg, bufs, var_vals, start: list) -> tuple[list[bytes], float]:
   """Every buffer's bytes after one run of prg from the same start (a kernel may also read what it writes), and the
   run's seconds."""
   for b, data in zip(bufs, start): np.frombuffer(_view(b), np.uint8)[:] = np.frombuffer(data, np.uint8)
