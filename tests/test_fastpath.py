@@ -333,6 +333,39 @@ def test_a_column_sum_is_tuned_with_a_row_of_outputs_and_keeps_its_bits(tmp_path
   assert r.stdout.split() == ["1", "True"], "the bias-gradient-sized sum tuned (not the small one), with the stock bytes"
 
 
+TWO_TUNERS = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from tinygrad import Tensor
+from explorer import fastpath
+assert fastpath.install() is None
+from explorer.fastpath import tiles
+rng = np.random.default_rng(0)
+a, b = (Tensor(rng.standard_normal(s, dtype=np.float32)).realize() for s in ((256, 512), (512, 384)))
+ready, go = Path(sys.argv[1]), Path(sys.argv[2])
+ready.touch()
+while not go.exists(): time.sleep(0.01)  # both processes reach the same new kernel at the same moment
+with tiles.fitting(): (a @ b).numpy()
+print(tiles.stats["tuned"], tiles.stats["cached"])
+"""
+
+
+def test_two_processes_that_meet_the_same_new_kernel_tune_it_once(tmp_path):
+  """--workers helpers on a new machine: the second process waits for the first's choice instead of tuning again."""
+  go = tmp_path / "go"
+  procs = [subprocess.Popen([sys.executable, "-c", TWO_TUNERS, str(tmp_path / f"ready{i}"), str(go)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "DEV": "CPU", "CACHEDB": str(tmp_path / "cache.db")})
+           for i in range(2)]
+  deadline = time.monotonic() + 120
+  while not all((tmp_path / f"ready{i}").exists() for i in range(2)) and time.monotonic() < deadline: time.sleep(0.05)
+  go.touch()
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+  counts = sorted(tuple(map(int, out.split())) for out, _ in outs)
+  assert counts == [(0, 1), (1, 0)], f"one process tuned the matmul, the other read its choice: {counts}"
+
+
 # ---- wide loads (explorer/fastpath/wide_loads.py): 8-float loads for wide tiles, in the compile workers too, same bits
 
 WIDE = """
