@@ -105,22 +105,25 @@ def _fitted(calls) -> dict:
   verdicts, todo = {}, {}
   for c in calls:
     if (kernel := _big_reduce(c)) is None: continue
-    if (verdict := diskcache_get(TABLE, kernel["key"])) is not None:
-      stats["cached"] += 1
-      verdicts[c] = verdict
+    if (verdict := _cached_verdict(kernel)) is not None: verdicts[c] = verdict
     else: todo.setdefault(repr(kernel["key"]), (kernel, []))[1].append(c)  # the same kernel twice: tuned once
   if todo:
     if on_tuned: on_tuned(_since_notice[0])  # the progress line says tiles are being fitted while their candidates lower
     with _one_tuner():
       t0 = time.perf_counter()  # the notice's seconds: tuning, not waiting for another process's
       for key, (kernel, same_calls) in list(todo.items()):  # tuned by another process while this one waited
-        if (verdict := diskcache_get(TABLE, kernel["key"])) is not None:
-          stats["cached"] += 1
+        if (verdict := _cached_verdict(kernel)) is not None:
           verdicts.update(dict.fromkeys(same_calls, verdict))
           del todo[key]
       _tune_all(todo, verdicts)
       _since_notice[1] += time.perf_counter() - t0
   return {c: _fixed(c.src[0], v["opts"]) for c, v in verdicts.items() if v["opts"] is not None}
+
+
+def _cached_verdict(kernel) -> dict | None:
+  """The kernel's verdict, where a process of this machine has tuned it, else None."""
+  if (verdict := diskcache_get(TABLE, kernel["key"])) is not None: stats["cached"] += 1
+  return verdict
 
 
 @contextlib.contextmanager
