@@ -30,8 +30,8 @@ class CNN:
       if norm is not None: x = norm(x, training)
       x = dropout(self.act(x), self.p_dropout, self.rng, training, per_channel=True)
       if pools: x = x.max_pool2d(2) if self.pool == "max" else x.avg_pool2d(2)
-    x = self.act(self.fc(x.flatten(1))).contiguous()
-    return self.out(dropout(x, self.p_dropout, self.rng, training))
+    x = self.act(self.fc(x.flatten(1), input_gradient=training)).contiguous()
+    return self.out(dropout(x, self.p_dropout, self.rng, training), input_gradient=training)
 
   def hidden_matrices(self) -> list[Tensor]:
     """Muon's share: the conv kernels after the first (as 2-D matrices) and the hidden fc weight."""

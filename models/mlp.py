@@ -15,10 +15,10 @@ class MLP:
 
   def __call__(self, x: Tensor, training: bool = False) -> Tensor:
     x = x.reshape(x.shape[0], -1)
-    for layer in self.hidden:
+    for i, layer in enumerate(self.hidden):
       # contiguous: without it the activation is fused into the next matmul and recomputed for every output column
-      x = dropout(self.act(layer(x)).contiguous(), self.p_dropout, self.rng, training)
-    return self.out(x)
+      x = dropout(self.act(layer(x, input_gradient=training and i > 0)).contiguous(), self.p_dropout, self.rng, training)
+    return self.out(x, input_gradient=training)
 
   def hidden_matrices(self) -> list[Tensor]:
     """2-D weights between hidden layers: the ones Muon optimizes (not the input or output layer)."""
