@@ -2,7 +2,7 @@
 bit-identical numbers with --stock; JIT=0, DEBUG=2 and an unsupported tinygrad version train the same numbers; a piece
 that fails to install leaves stock tinygrad and one notice line; no private tinygrad name outside explorer/fastpath;
 BEAM choices slower than the stock kernels are not used, searches under load are reported."""
-import json, os, re, signal, subprocess, sys, time
+import ast, json, os, re, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 from explorer.data import write_idx
@@ -331,6 +331,43 @@ def test_a_column_sum_is_tuned_with_a_row_of_outputs_and_keeps_its_bits(tmp_path
   r = run_with_cache(COLUMN_SUM, tmp_path / "cache.db")
   assert r.returncode == 0, r.stdout + r.stderr
   assert r.stdout.split() == ["1", "True"], "the bias-gradient-sized sum tuned (not the small one), with the stock bytes"
+
+
+SECOND_ROUND = """
+import numpy as np
+from tinygrad import Tensor
+from tinygrad.helpers import diskcache_get
+from explorer import fastpath
+assert fastpath.install() is None
+from explorer.fastpath import tiles
+real, rounds = tiles._fastest_identical, []
+def stock_wins_then_unrolled(programs, ast, ren):  # the first round keeps the stock kernel; the second takes its candidate if identical
+  rounds.append(sorted(programs))
+  best, times = real(programs, ast, ren)
+  return (0 if len(rounds) == 1 else max(times)), times
+tiles._fastest_identical = stock_wins_then_unrolled
+rng = np.random.default_rng(0)
+a, b = (Tensor(rng.standard_normal(s, dtype=np.float32)).realize() for s in ((256, 512), (512, 384)))
+stock = (a @ b).numpy()
+captured = []
+real_tune = tiles._tune
+tiles._tune = lambda kernel, *rest: captured.append(kernel) or real_tune(kernel, *rest)
+with tiles.fitting(): fitted = (a @ b).numpy()
+def named(opts): return [(o.op.name, o.arg) for o in opts or []]
+print(rounds, stock.tobytes() == fitted.tobytes())
+print(named(tiles.stock_kernel(captured[0]["s"]).applied_opts))
+print(named(diskcache_get(tiles.TABLE, captured[0]["key"])["opts"]))
+"""
+
+
+def test_where_the_stock_kernel_wins_a_second_round_tries_the_8x8_tile_with_its_reduce_unrolled(tmp_path):
+  r = run_with_cache(SECOND_ROUND, tmp_path / "cache.db")
+  assert r.returncode == 0, r.stdout + r.stderr
+  rounds, stock, chosen = r.stdout.splitlines()
+  assert rounds == "[[0, 1], [0, 2]] True", "stock and the rolled tile, then stock and the unrolled one; the stock kernel's bytes"
+  stock, chosen = ast.literal_eval(stock), ast.literal_eval(chosen)
+  assert [o for o in stock if o[0] == "UNROLL"] == [o for o in chosen if o[0] == "UNROLL"] != [], "the reduce unrolled as the stock's"
+  assert [arg for op, arg in chosen if op == "UPCAST"][:2] == [2 * arg for op, arg in stock if op == "UPCAST"][:2], (stock, chosen)
 
 
 TWO_TUNERS = """

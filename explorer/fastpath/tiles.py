@@ -9,19 +9,21 @@ stock's UNROLLs: the 8x8 tile with its reduce rolled (clang then keeps the 64 su
 where the 8x8 does not fit. Each runs on the same random inputs (standard normals, values that tie, and each float
 input made loud in turn: _random_starts); a candidate that wrote exactly the bytes the stock kernel wrote every time
 is timed against it on one thread, alternately, best of ROUNDS (one over DROP x the other after the first round is not
-timed again), and the faster is used. (A bigger tile only changes which outputs one loop iteration computes, not the
-order of each output's sum; the check catches the rolled reduces whose order does change, as in a padded 3x3
-convolution, and those where clang fuses into an FMA a product the stock kernel rounds first.) A column sum (one reduce
-axis, no UPCAST in the stock opts: tinygrad sums one output at a time) from ROW_MIN_OPS adds also gets ROW outputs at
-once as a candidate (the only one below MIN_OPS).
+timed again), and the faster is used. Where the stock kernel wins, a second round (again all of a step's kernels at
+once) tries the 8x8 tile with the stock's unrolled reduce kept (_unrolled). (A bigger tile only changes which outputs
+one loop iteration computes, not the order of each output's sum; the check catches the rolled reduces whose order does
+change, as in a padded 3x3 convolution, and those where clang fuses into an FMA a product the stock kernel rounds
+first.) A column sum (one reduce axis, no UPCAST in the stock opts: tinygrad sums one output at a time) from
+ROW_MIN_OPS adds also gets ROW outputs at once as a candidate (the only one below MIN_OPS).
 
 The choice is kept in tinygrad's disk cache (table TABLE), so each kernel is tuned once per machine, and the program
-the pool lowered for it is the one the step runs: tuning adds the candidate's lowering (all of a step's kernels' at
+the pool lowered for it is the one the step runs: tuning adds the candidates' lowering (all of a step's kernels' at
 once, in parallel) and the check, not a second lowering. Lowering is most of a first run's tuning, so candidates are
-few: the 8x8 tile with its reduce unrolled by 4 was one until 2026-11-26 (within 3 % of the best of the two on the MLP's
-tuned kernels, one thread, and 0.7 % on the CNN's, but half of all the lowering: the MLP suite's tuning took 39.9 s
-with it and 21.5 s without, bench/README.md); wider tiles (16x8, 16x4) gained 5-20 % more on a few of the MLP's
-kernels but more than doubled a first run's tuning time.
+few. The unrolled 8x8 lowers at about twice a rolled one's cost; as a first-round candidate (until 2026-11-26) it took
+half of all the lowering (the MLP suite's tuning: 39.9 s with it, 21.5 s without) for 3 % on the MLP's tuned kernels,
+so it went; but on the CNN's biggest kernel (its second convolution's input gradient: about 40 % of the batch-128 step)
+it is the only candidate faster than the stock one, so it came back for the kernels the first round leaves stock. Wider
+tiles (16x8, 16x4) gained 5-20 % more on a few of the MLP's kernels but more than doubled a first run's tuning time.
 
 It works where tinygrad lowers the kernels of a schedule (realize.lower_and_compile): inside `fitting()`, each big
 kernel's AST is given the chosen opts (`opts_to_apply`, tinygrad's own way to fix a kernel's opts) before tinygrad
@@ -52,7 +54,8 @@ DROP = 1.5
 # (the CNN's batchnorm records).
 LOUD = 2.0 ** 20
 ROLLED = ((2, 2), (1, 1))  # the 8x8 tile with its reduce rolled, or the stock 4x4 rolled where 8x8 does not fit
-TABLE = "explorer_tiles11"  # a new name tunes every kernel again: for new candidates (dropping one needs none)
+UNROLLED = 2  # the second round's tile: the stock's first two UPCASTs times this, its UNROLLs kept (_unrolled)
+TABLE = "explorer_tiles12"  # a new name tunes every kernel again: for new candidates (dropping one needs none)
 HOST = cpu_name()
 stats = {"tuned": 0, "cached": 0, "kept_stock": 0, "not_identical": 0}  # totals (tests read them)
 _since_notice = [0, 0.0]  # kernels tuned and seconds spent since the last notice
@@ -143,16 +146,32 @@ def _one_tuner():
 
 def _tune_all(todo: dict, verdicts: dict) -> None:
   """Tune todo's kernels ({key: (kernel, its calls)}), their candidates lowered all at once, and note each verdict for
-  its calls and on disk."""
-  if todo:
-    kernels = list(todo.values())
-    candidates = [_candidates(kernel) for kernel, _ in kernels]
-    programs = _lowered({(k, i): (ast, kernels[k][0]["ren"]) for k, asts in enumerate(candidates) for i, ast in enumerate(asts)})
-    for k, ((kernel, same_calls), asts) in enumerate(zip(kernels, candidates)):
-      verdict = _tune(kernel, asts, {i: programs[k, i] for i in range(len(asts)) if (k, i) in programs})
-      try: diskcache_put(TABLE, kernel["key"], verdict)
-      except Exception: pass  # a read-only disk: tuned again next time
-      verdicts.update(dict.fromkeys(same_calls, verdict))
+  its calls and on disk. Where the stock kernel beat every candidate, a second round lowers the 8x8 tile with the
+  stock's reduce unrolled as it is (_unrolled), again all at once, and times it against the stock kernel."""
+  if not todo: return
+  kernels = [kernel for kernel, _ in todo.values()]
+  candidates = [_candidates(kernel) for kernel in kernels]
+  programs = _lowered({(k, i): (ast, kernels[k]["ren"]) for k, asts in enumerate(candidates) for i, ast in enumerate(asts)})
+  found = [_fastest(kernel, {i: programs[k, i] for i in range(len(asts)) if (k, i) in programs}) for k, (kernel, asts) in enumerate(zip(kernels, candidates))]
+  second = {k: ast for k, kernel in enumerate(kernels) if found[k][0] == 0 and (ast := _unrolled(kernel)) is not None}
+  for k, program in _lowered({k: (ast, kernels[k]["ren"]) for k, ast in second.items()}).items():
+    if (k, 0) not in programs: continue
+    i = len(candidates[k])
+    candidates[k].append(second[k])
+    programs[k, i] = program
+    best, times = _fastest(kernels[k], {0: programs[k, 0], i: program})
+    found[k] = (best, {**found[k][1], **times})
+  for k, (kernel, same_calls) in enumerate(todo.values()):
+    verdict = _tune(kernel, candidates[k], {i: programs[k, i] for i in range(len(candidates[k])) if (k, i) in programs}, *found[k])
+    try: diskcache_put(TABLE, kernel["key"], verdict)
+    except Exception: pass  # a read-only disk: tuned again next time
+    verdicts.update(dict.fromkeys(same_calls, verdict))
+
+
+def _fastest(kernel, programs: dict) -> tuple[int, dict[int, float]]:
+  """The index of the fastest of programs ({index: program}, 0 the stock) that writes the stock kernel's bytes, and the
+  times measured; the stock kernel, untimed, where nothing else lowered."""
+  return _fastest_identical(programs, kernel["ast"], kernel["ren"]) if len(programs) > 1 and 0 in programs else (0, {})
 
 
 def _big_reduce(call) -> dict | None:
@@ -198,18 +217,29 @@ def _candidates(kernel) -> list:
   return [ast, *(_fixed(ast, k.applied_opts) for k in fitting_ones if k is not None)]
 
 
-def _tune(kernel, asts: list, programs: dict) -> dict:
-  """The verdict for a kernel whose candidate asts were lowered into programs ({index: program}, 0 the stock)."""
-  ast, ren = kernel["ast"], kernel["ren"]
-  best, times = _fastest_identical(programs, ast, ren) if len(programs) > 1 and 0 in programs else (0, {})
+def _tune(kernel, asts: list, programs: dict, best: int, times: dict) -> dict:
+  """The verdict for a kernel whose candidate asts were lowered into programs ({index: program}, 0 the stock), of which
+  best was the fastest with the stock kernel's bytes."""
   if best in programs:  # the step runs the program lowered here, not a second lowering of the same kernel
-    cache, key = realize.to_program_cache, realize.to_program_key(asts[best], ren)
+    cache, key = realize.to_program_cache, realize.to_program_key(asts[best], kernel["ren"])
     if key not in cache: cache[key] = programs[best]
   stats["tuned"] += 1
   stats["kept_stock"] += best == 0
   _since_notice[0] += 1
   if on_tuned: on_tuned(_since_notice[0])
   return {"opts": None if best == 0 else list(asts[best].arg.opts_to_apply), "stock_s": times.get(0), "chosen_s": times.get(best)}
+
+
+def _unrolled(kernel):
+  """The second round's candidate: the stock opts with their first two UPCASTs doubled and their UNROLLs kept (the 8x8
+  tile with the stock's unrolled reduce), where the stock kernel unrolls and that fits; else None. It lowers at about
+  twice the cost of a rolled one, so only kernels the first round left stock get it: the CNN's biggest, its second
+  convolution's input gradient, whose rolled 8x8 ran at 73.5 ms on one thread and whose stock at 49.2, took 21.4."""
+  s, stock = kernel["s"], kernel["stock"] or stock_kernel(kernel["s"])
+  ups = [i for i, o in enumerate(stock.applied_opts) if o.op is OptOps.UPCAST and o.arg][:2]
+  if kernel["stock"] is not None or not ups or not any(o.op is OptOps.UNROLL for o in stock.applied_opts): return None
+  k = _with(s, [Opt(o.op, o.axis, o.arg * UNROLLED) if j in ups else o for j, o in enumerate(stock.applied_opts)])
+  return None if k is None else _fixed(kernel["ast"], k.applied_opts)
 
 
 def _variants(opts, column_sum: bool = False) -> list[list[list]]:
