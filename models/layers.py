@@ -29,8 +29,8 @@ class Linear:
   def __call__(self, x: Tensor, input_gradient: bool = False) -> Tensor:
     # the product reads a copy with the output features contiguous (a 784x512-float copy per step for the MLP's first
     # layer): tinygrad then loads 8 outputs' weights at once instead of gathering them a float at a time. On this CPU
-    # the MLP's first layer ran 2.8x faster on one thread; a validation pass on two threads took 10.8 ms per 1,000
-    # images instead of 25.5. Where the step also needs the input's gradient (input_gradient: every layer but the
+    # the MLP's first layer ran 2.8x faster on one thread; a validation pass on two threads took 12.1 ms per 1,000
+    # images instead of 25.8. Where the step also needs the input's gradient (input_gradient: every layer but the
     # first, in training) that gradient's product would read the copy the slow way round, so it reads the weights as
     # they are (the MLP's batch-128 step: 9.9-10.3 ms of kernels on one thread, against 10.5-10.8 with every layer
     # copied). Only where the weights sit changes, not a sum's order: the same bits (tests/test_train.py)

@@ -152,7 +152,8 @@ def _tune_all(todo: dict, verdicts: dict) -> None:
   kernels = [kernel for kernel, _ in todo.values()]
   candidates = [_candidates(kernel) for kernel in kernels]
   programs = _lowered({(k, i): (ast, kernels[k]["ren"]) for k, asts in enumerate(candidates) for i, ast in enumerate(asts)})
-  found = [_fastest(kernel, {i: programs[k, i] for i in range(len(asts)) if (k, i) in programs}) for k, (kernel, asts) in enumerate(zip(kernels, candidates))]
+  def lowered(k: int) -> dict: return {i: programs[k, i] for i in range(len(candidates[k])) if (k, i) in programs}
+  found = [_fastest(kernel, lowered(k)) for k, kernel in enumerate(kernels)]  # (best, times) of each kernel
   second = {k: ast for k, kernel in enumerate(kernels) if found[k][0] == 0 and (ast := _unrolled(kernel)) is not None}
   for k, program in _lowered({k: (ast, kernels[k]["ren"]) for k, ast in second.items()}).items():
     if (k, 0) not in programs: continue
@@ -162,7 +163,7 @@ def _tune_all(todo: dict, verdicts: dict) -> None:
     best, times = _fastest(kernels[k], {0: programs[k, 0], i: program})
     found[k] = (best, {**found[k][1], **times})
   for k, (kernel, same_calls) in enumerate(todo.values()):
-    verdict = _tune(kernel, candidates[k], {i: programs[k, i] for i in range(len(candidates[k])) if (k, i) in programs}, *found[k])
+    verdict = _tune(kernel, candidates[k], lowered(k), *found[k])
     try: diskcache_put(TABLE, kernel["key"], verdict)
     except Exception: pass  # a read-only disk: tuned again next time
     verdicts.update(dict.fromkeys(same_calls, verdict))
@@ -235,10 +236,11 @@ def _unrolled(kernel):
   tile with the stock's unrolled reduce), where the stock kernel unrolls and that fits; else None. It lowers at about
   twice the cost of a rolled one, so only kernels the first round left stock get it: the CNN's biggest, its second
   convolution's input gradient, whose rolled 8x8 ran at 73.5 ms on one thread and whose stock at 49.2, took 21.4."""
-  s, stock = kernel["s"], kernel["stock"] or stock_kernel(kernel["s"])
-  ups = [i for i, o in enumerate(stock.applied_opts) if o.op is OptOps.UPCAST and o.arg][:2]
-  if kernel["stock"] is not None or not ups or not any(o.op is OptOps.UNROLL for o in stock.applied_opts): return None
-  k = _with(s, [Opt(o.op, o.axis, o.arg * UNROLLED) if j in ups else o for j, o in enumerate(stock.applied_opts)])
+  if kernel["stock"] is not None: return None  # a small column sum: its ROW candidate only
+  opts = stock_kernel(kernel["s"]).applied_opts
+  ups = [i for i, o in enumerate(opts) if o.op is OptOps.UPCAST and o.arg][:2]
+  if not ups or not any(o.op is OptOps.UNROLL for o in opts): return None
+  k = _with(kernel["s"], [Opt(o.op, o.axis, o.arg * UNROLLED) if j in ups else o for j, o in enumerate(opts)])
   return None if k is None else _fixed(kernel["ast"], k.applied_opts)
 
 
