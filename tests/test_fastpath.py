@@ -370,6 +370,41 @@ def test_where_the_stock_kernel_wins_a_second_round_tries_the_8x8_tile_with_its_
   assert [arg for op, arg in chosen if op == "UPCAST"][:2] == [2 * arg for op, arg in stock if op == "UPCAST"][:2], (stock, chosen)
 
 
+FEW_OUTPUTS = """
+import numpy as np
+from tinygrad import Tensor
+from explorer import fastpath
+assert fastpath.install() is None
+from explorer.fastpath import tiles
+tiles.DROP = float('inf')  # every candidate checked, however slow its first run
+real = tiles._fastest_identical
+tiles._fastest_identical = lambda *args: (lambda best, times: (max(times), times))(*real(*args))  # the last identical one
+def named(opts): return [(o.op.name, o.arg) for o in opts or []]
+offered, chosen, real_tune = [], [], tiles._tune
+def tune(kernel, asts, programs, best, times):
+  if not any(op == "UPCAST" for op, _ in named(tiles.stock_kernel(kernel["s"]).applied_opts)):
+    offered.append(any(("UPCAST", tiles.FEW) in named(a.arg.opts_to_apply) for a in asts[1:]))
+    chosen.append(("UPCAST", tiles.FEW) in named(asts[best].arg.opts_to_apply))
+  return real_tune(kernel, asts, programs, best, times)
+tiles._tune = tune
+rng = np.random.default_rng(0)
+x = Tensor(rng.standard_normal((128, 1, 28, 28), dtype=np.float32)).realize()
+w = Tensor(rng.standard_normal((16, 1, 3, 3), dtype=np.float32)).realize()
+def compute(): return x.conv2d(w, padding=1).relu().max_pool2d(2).sum().gradient(w)[0].numpy()  # a CNN's first-layer gradient
+stock = compute()
+with tiles.fitting(): fitted = compute()
+print(len(offered), sum(offered), sum(chosen), stock.tobytes() == fitted.tobytes())
+"""
+
+
+def test_a_kernel_the_stock_computes_one_output_at_a_time_is_offered_a_few_at_once_and_keeps_its_bits(tmp_path):
+  r = run_with_cache(FEW_OUTPUTS, tmp_path / "cache.db")
+  assert r.returncode == 0, r.stdout + r.stderr
+  kernels, offered, chosen, same = r.stdout.split()
+  assert int(kernels) >= 1 and offered == kernels, "every big kernel without an UPCAST is offered FEW outputs at once"
+  assert int(chosen) >= 1 and same == "True", "where one is used, the gradient has the stock kernels' bytes"
+
+
 TWO_TUNERS = """
 import sys, time
 from pathlib import Path
