@@ -4,7 +4,7 @@ tinygrad's hand-coded optimizations give a big matmul or convolution kernel a 4x
 output axes) and unroll its reduce by 4. With loads of 8 floats (wide_loads.py) an 8x8 tile runs its multiply-adds in
 256-bit registers: on this machine the MLP suite's matmuls ran 1.6-3.7x faster on one thread. Most convolutions gain
 nothing (bench/README.md). So each big reduce kernel (at least MIN_OPS multiply-adds) of a step the explorer compiles
-is lowered two ways, in tinygrad's compile pool: the stock kernel, and the first of ROLLED that fits without the
+is lowered as its candidates, in tinygrad's compile pool: the stock kernel, and the first of ROLLED that fits without the
 stock's UNROLLs: the 8x8 tile with its reduce rolled (clang then keeps the 64 sums in registers), or the rolled 4x4
 where the 8x8 does not fit. Each runs on the same random inputs (standard normals, values that tie, and each float
 input made loud in turn: _random_starts); a candidate that wrote exactly the bytes the stock kernel wrote every time
@@ -14,7 +14,8 @@ once) tries the 8x8 tile with the stock's unrolled reduce kept (_unrolled). (A b
 one loop iteration computes, not the order of each output's sum; the check catches the rolled reduces whose order does
 change, as in a padded 3x3 convolution, and those where clang fuses into an FMA a product the stock kernel rounds
 first.) A column sum (one reduce axis, no UPCAST in the stock opts: tinygrad sums one output at a time) from
-ROW_MIN_OPS adds also gets ROW outputs at once as a candidate (the only one below MIN_OPS).
+ROW_MIN_OPS adds also gets ROW outputs at once as a candidate (the only one below MIN_OPS); another big kernel without
+any UPCAST in the stock opts, FEW outputs at once.
 
 The choice is kept in tinygrad's disk cache (table TABLE), so each kernel is tuned once per machine, and the program
 the pool lowered for it is the one the step runs: tuning adds the candidates' lowering (all of a step's kernels' at
