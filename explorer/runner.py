@@ -67,6 +67,7 @@ def run_suite(specs: list[RunSpec], suite: str, results: Path, datasets: dict[st
     console.print(f"data: {name} from {escape(ds.source)} ({len(ds.x_train)} train, {len(ds.x_val)} val, {len(ds.x_test)} test)")
   console.print(f"device: {device} · tinygrad {version('tinygrad')} · {plural(len(specs), 'run')} · results in {escape(str(results))}/")
   trainer = Trainer(beam=beam, threads=threads)
+  trainer.plan([(spec.config, datasets[spec.config.dataset]) for spec in specs])  # kernels too brief to tune stay stock
   if trainer.threads > 1: console.print(f"CPU kernels run on {trainer.threads} threads (--threads)")
   if beam: console.print(f"BEAM={beam} kernel search for the compiled steps (cached on disk after the first run of a shape)")
   finished, skipped, by_others, failed, busy = [], 0, 0, 0, 0

@@ -96,6 +96,13 @@ def batch_indices(n_images: int, batch: int, seed: int) -> Iterator[np.ndarray]:
       yield np.sort(order[start:start + batch])  # sorted: friendlier memory access, same batch
 
 
+def eval_calls(cfg: RunConfig, data: Dataset) -> int:
+  """Eval-step calls of one finished run: its validation passes, the test pass and the pass over training images."""
+  def batches(n: int) -> int: return -(-n // EVAL_BATCH)
+  passes = -(-cfg.steps // cfg.eval_interval)  # every eval_interval steps, and after the last
+  return passes * batches(len(data.x_val)) + batches(len(data.x_test)) + batches(min(TRAIN_EVAL_IMAGES, cfg.train_size or len(data.x_train)))
+
+
 class Trainer:
   def __init__(self, beam: int = 0, threads: int = 1, fast_replay: bool = True):
     self.compiled: dict[tuple, Compiled] = {}
@@ -109,6 +116,9 @@ class Trainer:
     self.threads = fastpath.set_threads(threads) if self.device.split(":")[0] == "CPU" else 1
     self.fast_replay = fast_replay
     self.calls: dict[Callable, int] = {}  # calls per compiled step
+    # calls each shape's (train step, eval step) will get from the runs this command plans (plan()); None: not known
+    self.planned: dict[tuple, tuple[int, int]] | None = None
+    self.expected: dict[Callable, int] = {}  # calls planned per compiled step (the tiles tune what pays back)
     # seconds spent in the calls that compile (and, with --beam, search) and capture the steps: kept out of training time
     self.compile_s = 0.0
     # on_compile(step name, None) before such a call and (name, seconds) after it: a kernel search can take minutes
@@ -128,10 +138,18 @@ class Trainer:
       self.compile_s += (seconds := time.perf_counter() - t0)
       if announce: self.on_compile(name, seconds)
 
+  def plan(self, runs: list[tuple[RunConfig, Dataset]]) -> None:
+    """The runs this command will train, each with its dataset: a step's kernels are then tuned to this CPU only where
+    these runs call them often enough to pay the tuning back (fastpath/tiles.py). Without a plan every big kernel is."""
+    self.planned = {}
+    for cfg, data in runs:
+      train, evals = self.planned.get(key := cfg.shape_key(), (0, 0))
+      self.planned[key] = (train + cfg.steps, evals + eval_calls(cfg, data))
+
   def _compile_call(self, jit: Callable, *args: Tensor):
     # --beam N: BEAM's search; else, on the CPU fast path, register tiles fitted to this CPU (fastpath/tiles.py)
     if not self.beam:
-      with fastpath.fitting_tiles(): return jit(*args)
+      with fastpath.fitting_tiles(self.expected.get(jit)): return jit(*args)
     with Context(BEAM=self.beam), fastpath.one_thread(): return jit(*args)
 
   def prepare(self, cfg: RunConfig) -> Compiled:
@@ -188,6 +206,7 @@ class Trainer:
     image = (28, 28)
     inputs = {"x": buffer((cfg.batch, *image), dtypes.uint8), "y": buffer((cfg.batch,), dtypes.uint8),
               "ex": buffer((EVAL_BATCH, *image), dtypes.uint8), "ey": buffer((EVAL_BATCH,), dtypes.int32)}
+    if self.planned and (planned := self.planned.get(cfg.shape_key())): self.expected[train_step], self.expected[eval_step] = planned
     return Compiled(model, opt, schedule, mean_std, augment, train_step, eval_step, params, inputs, tricks, average)
 
   def reset(self, c: Compiled, cfg: RunConfig) -> None:

@@ -71,7 +71,8 @@ def test_vs_torch_fresh_cache_gives_every_explorer_command_a_new_machines_first_
   assert r.returncode == 0, r.stderr[-3000:]
   assert "the explorer's with an empty tinygrad cache (`--fresh-cache`" in r.stdout
   log = (tmp_path / "logs" / "mlp-main-1.log").read_text()
-  assert "tuned the register tiles of" in log, f"the kernels were tuned on an empty cache:\n{log[-2000:]}"
+  # an empty cache holds no tile verdicts: the kernels were tuned, or (one step is too brief to pay for it) timed and kept
+  assert "tuned the register tiles of" in log or "kept tinygrad's own tiles for" in log, f"no tile verdict was cached:\n{log[-2000:]}"
   assert not machine_cache.exists(), "the machine's own cache was not used"
 
 

@@ -276,7 +276,7 @@ def test_tiles_fitted_to_this_cpu_give_the_stock_kernels_bits_and_are_tuned_once
   tuned, cached, not_identical = map(int, first.stdout.splitlines()[0].split())
   assert tuned == 3 and cached == 0, "two matmuls and a convolution, each over a million multiply-adds"
   assert not_identical >= 1, "the convolution without its 3x3 unroll sums in another order: that tile is not used"
-  assert first.stdout.splitlines()[1].startswith("tuned the register tiles of 3 kernels for this CPU in ")
+  assert first.stdout.splitlines()[1].startswith("tuned the register tiles of 3 kernels for this CPU: ")
   # lowered again (the explorer's own program cache off): each kernel's tile is read from disk, nothing is timed again
   again = run_with_cache(TILES, tmp_path / "cache.db", EXPLORER_PROGRAM_CACHE="0")
   assert again.returncode == 0, again.stdout + again.stderr
@@ -309,6 +309,39 @@ def test_a_tile_that_would_fuse_a_rounded_product_into_an_fma_is_not_used(tmp_pa
   tuned, not_identical, same = r.stdout.split()
   assert tuned == "1" and int(not_identical) >= 1, "the rolled candidate sums differently and was turned down"
   assert same == "True", "the kernel used writes the stock kernel's bytes"
+
+
+BRIEF = """
+import sys
+import numpy as np
+from tinygrad import Tensor
+from explorer import fastpath
+assert fastpath.install() is None
+from explorer.fastpath import tiles
+rng = np.random.default_rng(3)
+a, b = (Tensor(rng.standard_normal(s, dtype=np.float32)).realize() for s in ((256, 512), (512, 384)))
+calls = None if sys.argv[1] == "unknown" else int(sys.argv[1])
+with tiles.fitting(calls): out = (a @ b).numpy()
+print(tiles.stats["tuned"], tiles.stats["brief"], tiles.stats["cached"])
+print(tiles.notice())
+"""
+
+
+def test_a_kernel_run_too_briefly_to_pay_for_its_tuning_keeps_its_stock_tile_and_a_longer_command_tunes_it(tmp_path):
+  def run(calls: str) -> list[str]:
+    r = subprocess.run([sys.executable, "-c", BRIEF, calls], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "DEV": "CPU", "CACHEDB": str(tmp_path / "cache.db")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout.splitlines()
+  # 50 million multiply-adds: a few milliseconds on one thread, so once is far below PAYS_S
+  counts, line = run("1")
+  assert counts.split() == ["0", "1", "0"], "not tuned, counted as too brief"
+  assert line == "kept tinygrad's own tiles for 1 kernel: this command runs it too briefly to pay for tuning", line
+  # no verdict was stored: a command that runs it a million times tunes it, as does one that does not say (tests, bench)
+  counts, line = run("1000000")
+  assert counts.split() == ["1", "0", "0"] and line.startswith("tuned the register tiles of 1 kernel "), (counts, line)
+  counts, _ = run("unknown")
+  assert counts.split() == ["0", "0", "1"], "now read from the cache"
 
 
 COLUMN_SUM = """

@@ -113,6 +113,22 @@ def test_compile_once_per_shape_and_same_numbers_as_fresh(tiny_data):
   assert shared.compile_count == 2, "a new width is a new shape"
 
 
+def test_a_plan_tells_each_compiled_step_how_often_the_command_calls_it(tiny_data):
+  """The tiles tune a kernel only where the planned calls pay for it (tests/test_fastpath.py): each step is told its
+  own shape's train steps and eval batches (validation passes, the test pass and the training-image pass)."""
+  base = make_config("mlp", {**TINY_MLP, "steps": 100, "eval_every": 0}, "t")  # validated every 50 steps: 2 passes
+  longer, wider = with_overrides(base, {"steps": 30, "eval_every": 7}, "t"), with_overrides(base, {"width": 16}, "t")
+  trainer = Trainer()
+  trainer.plan([(base, tiny_data), (longer, tiny_data), (wider, tiny_data)])
+  # tiny_data: 500 validation and 500 test images (one eval batch of 1,000 each pass), 2,500 training images (three);
+  # 30 steps validated every 7: after 7, 14, 21, 28 and 30
+  assert trainer.planned[base.shape_key()] == (100 + 30, (2 + 1 + 3) + (5 + 1 + 3))
+  assert trainer.planned[wider.shape_key()] == (100, 2 + 1 + 3)
+  c = trainer.prepare(base)
+  assert (trainer.expected[c.train_step], trainer.expected[c.eval_step]) == (130, 15)
+  assert Trainer().expected == {}, "no plan: nothing is known, every big kernel is tuned"
+
+
 def test_diverging_run_is_recorded_as_diverged(tiny_data):
   cfg = make_config("mlp", {**TINY_MLP, "opt": "sgd", "lr_max": 10.0, "momentum": 0.9, "schedule": "constant", "steps": 30}, "t")
   result = Trainer().run(cfg, tiny_data)

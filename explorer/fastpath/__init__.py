@@ -126,10 +126,11 @@ def one_thread():
   return _cpu_threads.one_thread() if _on else contextlib.nullcontext()
 
 
-def fitting_tiles():
-  """A block whose kernels get register tiles fitted to this CPU (tiles.py): a step's first call. Nothing changes with
-  tiles off, on stock tinygrad, or with BEAM set (tinygrad's env var, or --beam: BEAM's choices are used then)."""
-  return _tiles.fitting() if _on else contextlib.nullcontext()
+def fitting_tiles(calls: int | None = None):
+  """A block whose kernels get register tiles fitted to this CPU (tiles.py): a step's first call. calls: how often the
+  command will call that step, where known (kernels too brief to pay for their tuning keep tinygrad's tiles). Nothing
+  changes with tiles off, on stock tinygrad, or with BEAM set (tinygrad's env var, or --beam: BEAM's choices are used then)."""
+  return _tiles.fitting(calls) if _on else contextlib.nullcontext()
 
 
 def on_tiles_tuned(callback) -> None:

@@ -17,6 +17,11 @@ first.) A column sum (one reduce axis, no UPCAST in the stock opts: tinygrad sum
 ROW_MIN_OPS adds also gets ROW outputs at once as a candidate (the only one below MIN_OPS); another big kernel without
 any UPCAST in the stock opts, FEW outputs at once.
 
+Only kernels the command runs long enough to pay the tuning back are tuned, where the runs it plans are known
+(fitting(calls): the CLI's Trainer.plan): each one's stock program is lowered and timed once first, and one whose
+planned calls would take under PAYS_S on one thread keeps it, without a verdict (a CNN quick pass, `--max-steps 3`, on
+a new machine: 106.9 s before, 74.9 s with it).
+
 The choice is kept in tinygrad's disk cache (table TABLE), so each kernel is tuned once per machine, and the program
 the pool lowered for it is the one the step runs: tuning adds the candidates' lowering (all of a step's kernels' at
 once, in parallel) and the check, not a second lowering. Lowering is most of a first run's tuning, so candidates are
@@ -58,12 +63,22 @@ DROP = 1.5
 LOUD = 2.0 ** 20
 ROLLED = ((2, 2), (1, 1))  # the 8x8 tile with its reduce rolled, or the stock 4x4 rolled where 8x8 does not fit
 UNROLLED = 2  # the second round's tile: the stock's first two UPCASTs times this, its UNROLLs kept (_unrolled)
+# A kernel is tuned only where this command runs it long enough to pay the tuning back (fitting(calls)): its stock
+# program, timed once on one thread, times the calls planned, must reach PAYS_S. Tuning one costs about 0.5 s (the MLP
+# suite's first run: 25 kernels in 12.3 s, 9.7 of them lowering) and tuned kernels ran 30-90 % faster, so a kernel
+# whose planned calls take 2 s on one thread (1 s on two) gains back at least its tuning. A quick pass (--max-steps 3)
+# or a short configuration (the MLP suite's 100 steps at batch 64) keeps the stock kernels: no verdict is stored, so a
+# longer command later tunes them.
+PAYS_S = 2.0
 TABLE = "explorer_tiles13"  # a new name tunes every kernel again: for new candidates (dropping one needs none)
 HOST = cpu_name()
-stats = {"tuned": 0, "cached": 0, "kept_stock": 0, "not_identical": 0}  # totals (tests read them)
-_since_notice = [0, 0.0]  # kernels tuned and seconds spent since the last notice
+stats = {"tuned": 0, "cached": 0, "kept_stock": 0, "not_identical": 0, "brief": 0}  # totals (tests read them)
+_since_notice = [0, 0.0, 0]  # kernels tuned, seconds spent and kernels too brief to tune since the last notice
 on_tuned: Callable[[int], None] | None = None  # called with the kernels tuned since the last notice (a progress line)
 _fitting = False  # inside fitting(): the kernels lowered now get fitted tiles
+_calls: int | None = None  # inside fitting(calls): how often this command will run them (None: not known, all tuned)
+_stock_s: dict[str, float] = {}  # the stock kernels timed in this process, by tile-cache key: a step's capture lowers
+# its kernels a second time, and a kernel too brief to tune then is still too brief
 
 
 def check() -> None:
@@ -84,13 +99,14 @@ def install() -> None:
 
 
 @contextlib.contextmanager
-def fitting():
+def fitting(calls: int | None = None):
   """The kernels lowered inside this block (a step's first call) get the tiles fitted to this CPU, where enabled and
-  no BEAM is set."""
-  global _fitting
-  saved, _fitting = _fitting, enabled() and BEAM.value == 0
+  no BEAM is set. calls: how often this command will run them, where known: only those that run long enough to pay
+  for their tuning (PAYS_S) are tuned."""
+  global _fitting, _calls
+  saved, (_fitting, _calls) = (_fitting, _calls), (enabled() and BEAM.value == 0, calls)
   try: yield
-  finally: _fitting = saved
+  finally: _fitting, _calls = saved
 
 
 def _with_tiles(lower_and_compile):
@@ -112,6 +128,7 @@ def _fitted(calls) -> dict:
   for c in calls:
     if (kernel := _big_reduce(c)) is None: continue
     if (verdict := _cached_verdict(kernel)) is not None: verdicts[c] = verdict
+    elif _calls is not None and _calls * _stock_s.get(repr(kernel["key"]), PAYS_S) < PAYS_S: continue  # still too brief
     else: todo.setdefault(repr(kernel["key"]), (kernel, []))[1].append(c)  # the same kernel twice: tuned once
   if todo:
     if on_tuned: on_tuned(_since_notice[0])  # the progress line says tiles are being fitted while their candidates lower
@@ -150,14 +167,24 @@ def _one_tuner():
 def _tune_all(todo: dict, verdicts: dict) -> None:
   """Tune todo's kernels ({key: (kernel, its calls)}), their candidates lowered all at once, and note each verdict for
   its calls and on disk. Where the stock kernel beat every candidate, a second round lowers the 8x8 tile with the
-  stock's reduce unrolled as it is (_unrolled), again all at once, and times it against the stock kernel."""
+  stock's reduce unrolled as it is (_unrolled), again all at once, and times it against the stock kernel. Where the
+  calls planned are known (fitting(calls)), the stock kernels are lowered and timed first, and only those that pay
+  for their tuning (PAYS_S) are tuned."""
   if not todo: return
   kernels = [kernel for kernel, _ in todo.values()]
-  candidates = [_candidates(kernel) for kernel in kernels]
-  programs = _lowered({(k, i): (ast, kernels[k]["ren"]) for k, asts in enumerate(candidates) for i, ast in enumerate(asts)})
+  programs = {} if _calls is None else _stock_programs(kernels)
+  for k in range(len(kernels)):
+    if (k, 0) in programs: _stock_s[repr(kernels[k]["key"])] = _stock_seconds(kernels[k], programs[k, 0])
+  tuned = [k for k in range(len(kernels)) if (k, 0) not in programs or _calls * _stock_s[repr(kernels[k]["key"])] >= PAYS_S]
+  for k in set(range(len(kernels))) - set(tuned):  # too brief to pay for its tuning: the stock kernel, no verdict kept
+    _keep(kernels[k]["ast"], kernels[k]["ren"], programs[k, 0])
+    stats["brief"] += 1
+    _since_notice[2] += 1
+  candidates = {k: _candidates(kernels[k]) for k in tuned}
+  programs.update(_lowered({(k, i): (ast, kernels[k]["ren"]) for k in tuned for i, ast in enumerate(candidates[k]) if (k, i) not in programs}))
   def lowered(k: int) -> dict: return {i: programs[k, i] for i in range(len(candidates[k])) if (k, i) in programs}
-  found = [_fastest(kernel, lowered(k)) for k, kernel in enumerate(kernels)]  # (best, times) of each kernel
-  second = {k: ast for k, kernel in enumerate(kernels) if found[k][0] == 0 and (ast := _unrolled(kernel)) is not None}
+  found = {k: _fastest(kernels[k], lowered(k)) for k in tuned}  # (best, times) of each kernel
+  second = {k: ast for k in tuned if found[k][0] == 0 and (ast := _unrolled(kernels[k])) is not None}
   for k, program in _lowered({k: (ast, kernels[k]["ren"]) for k, ast in second.items()}).items():
     if (k, 0) not in programs: continue
     i = len(candidates[k])
@@ -166,10 +193,34 @@ def _tune_all(todo: dict, verdicts: dict) -> None:
     best, times = _fastest(kernels[k], {0: programs[k, 0], i: program})
     found[k] = (best, {**found[k][1], **times})
   for k, (kernel, same_calls) in enumerate(todo.values()):
+    if k not in found: continue
     verdict = _tune(kernel, candidates[k], lowered(k), *found[k])
     try: diskcache_put(TABLE, kernel["key"], verdict)
     except Exception: pass  # a read-only disk: tuned again next time
     verdicts.update(dict.fromkeys(same_calls, verdict))
+
+
+def _stock_programs(kernels: list) -> dict:
+  """{(index, 0): program} of each kernel's stock program: from tinygrad's program cache (on disk too:
+  program_cache.py) where a process lowered it before, else lowered now, all at once in the compile pool."""
+  cache, found = realize.to_program_cache, {}
+  for k, kernel in enumerate(kernels):
+    if (key := realize.to_program_key(kernel["ast"], kernel["ren"])) in cache: found[k, 0] = cache[key]
+  return {**found, **_lowered({(k, 0): (kernel["ast"], kernel["ren"]) for k, kernel in enumerate(kernels) if (k, 0) not in found})}
+
+
+def _stock_seconds(kernel, program) -> float:
+  """One run of the kernel's stock program on one thread (the faster of two: the first also touches new memory)."""
+  rawbufs, var_vals = args_from_ast(kernel["ast"], kernel["ren"].target.device)
+  bufs = search._ensure_buffer_alloc(rawbufs)
+  with cpu_threads.one_thread(): return min(search._time_program(program, var_vals, bufs, allow_test_size=False, cnt=2))
+
+
+def _keep(ast, ren, program) -> None:
+  """The program a step will run for ast: put where tinygrad's lowering finds it (and program_cache.py stores it), so
+  it is not lowered a second time."""
+  cache, key = realize.to_program_cache, realize.to_program_key(ast, ren)
+  if key not in cache: cache[key] = program
 
 
 def _fastest(kernel, programs: dict) -> tuple[int, dict[int, float]]:
@@ -224,9 +275,7 @@ def _candidates(kernel) -> list:
 def _tune(kernel, asts: list, programs: dict, best: int, times: dict) -> dict:
   """The verdict for a kernel whose candidate asts were lowered into programs ({index: program}, 0 the stock), of which
   best was the fastest with the stock kernel's bytes."""
-  if best in programs:  # the step runs the program lowered here, not a second lowering of the same kernel
-    cache, key = realize.to_program_cache, realize.to_program_key(asts[best], kernel["ren"])
-    if key not in cache: cache[key] = programs[best]
+  if best in programs: _keep(asts[best], kernel["ren"], programs[best])  # not lowered a second time
   stats["tuned"] += 1
   stats["kept_stock"] += best == 0
   _since_notice[0] += 1
@@ -365,7 +414,10 @@ def _view(b) -> memoryview: return b.as_memoryview(force_zero_copy=True).cast("B
 
 def notice() -> str | None:
   """One line when kernels were tuned since the last call (the first run of a shape on this machine), else None."""
-  n, seconds = _since_notice
-  _since_notice[:] = [0, 0.0]
-  if not n: return None
-  return f"tuned the register tiles of {n} kernel{'s' * (n != 1)} for this CPU in {seconds:.1f}s (once per machine; EXPLORER_TILES=0 turns it off)"
+  n, seconds, brief = _since_notice
+  _since_notice[:] = [0, 0.0, 0]
+  if not n and not brief: return None
+  if not n: return f"kept tinygrad's own tiles for {brief} kernel{'s' * (brief != 1)}: this command runs {'them' if brief != 1 else 'it'} too briefly to pay for tuning"
+  kept = f" ({brief} more run too briefly here to pay for it)" if brief else ""
+  return (f"tuned the register tiles of {n} kernel{'s' * (n != 1)} for this CPU{kept}: {seconds:.1f}s with their compiling, once per "
+          "machine (EXPLORER_TILES=0 turns it off)")
