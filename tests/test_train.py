@@ -11,6 +11,7 @@ from explorer.errors import UserError
 from explorer.train import Schedule, Trainer, batch_indices, lr_at
 from models import build_model, count_parameters, reset_model
 from models.augment import random_affine
+from models.cnn import pool2x2
 from models.layers import Conv2d, Linear, Norm, Rng
 
 TINY_MLP = {"width": 32, "steps": 4, "batch": 16, "eval_every": 2}
@@ -225,6 +226,48 @@ def test_a_convolution_through_its_channels_last_copy_is_tinygrads_own_bit_for_b
     y = forward(x).relu()
     results.append([t.numpy() for t in (y, *(y * g).sum().gradient(x, conv.weight))])
   for ours, stock in zip(*results): np.testing.assert_array_equal(ours, stock)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("size", [14, 7])
+def test_pooling_by_2x2_windows_gives_tinygrads_pool_forward_and_back(kind, size):
+  """pool2x2 (a reshape into windows, a faster gradient on the CPU) against tinygrad's max_pool2d(2)/avg_pool2d(2) on
+  ReLU outputs (ties of zeros): the same bytes forward, the same gradient values (a max's zero gradient may be -0.0
+  where tinygrad's is +0.0; the sums it goes into start from +0.0 and drop the sign: whole runs keep their bits, below)."""
+  rng = np.random.default_rng(size)
+  x = Tensor(np.maximum(np.round(rng.standard_normal((4, 8, size, size)) * 2) / 2, 0).astype(np.float32)).realize()
+  g = Tensor(rng.standard_normal((4, 8, size // 2, size // 2)).astype(np.float32)).realize()
+  stock = (lambda t: t.max_pool2d(2)) if kind == "max" else (lambda t: t.avg_pool2d(2))
+  def forward_and_back(y: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    grad = (y * g).sum().gradient(x)[0]  # before y is realized: a realized contiguous() no longer leads back to x
+    return y.numpy(), grad.numpy()
+  (ours, ours_grad), (theirs, their_grad) = forward_and_back(pool2x2(x, kind)), forward_and_back(stock(x))
+  assert ours.tobytes() == theirs.tobytes()
+  np.testing.assert_array_equal(ours_grad, their_grad)
+  if kind == "avg": assert ours_grad.tobytes() == their_grad.tobytes()
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_a_cnn_trained_through_pool2x2_is_bit_for_bit_one_trained_through_tinygrads_pools(tiny_data, monkeypatch, pool):
+  import models.cnn
+  cfg = make_config("cnn", {**TINY_CNN, "steps": 12, "pool": pool}, "t")
+  ours = Trainer().run(cfg, tiny_data)
+  monkeypatch.setattr(models.cnn, "pool2x2", lambda t, kind: t.max_pool2d(2) if kind == "max" else t.avg_pool2d(2))
+  theirs = Trainer().run(cfg, tiny_data)
+  assert ours["history"] == theirs["history"] and ours["test_acc"] == theirs["test_acc"]
+  assert all(ours["weights"][name].tobytes() == w.tobytes() for name, w in theirs["weights"].items())
+
+
+def test_the_cnns_evaluation_through_pool2x2_is_bit_for_bit_tinygrads_pool(monkeypatch):
+  """Without the contiguous before pool2x2, tinygrad computes the convolution inside the max and the logits change in
+  their last bits: evaluation (batch 1000, the default CNN) must give exactly what tinygrad's max_pool2d gives."""
+  import models.cnn
+  model = build_model(make_config("cnn", {}, "t"))
+  reset_model(model, 0)
+  x = Tensor(np.random.default_rng(0).standard_normal((1000, 1, 28, 28)).astype(np.float32)).realize()
+  ours = model(x).numpy()
+  monkeypatch.setattr(models.cnn, "pool2x2", lambda t, kind: t.max_pool2d(2))
+  assert model(x).numpy().tobytes() == ours.tobytes()
 
 
 @pytest.mark.parametrize("rows", [128, 1000])
