@@ -438,6 +438,42 @@ def test_a_kernel_the_stock_computes_one_output_at_a_time_is_offered_a_few_at_on
   assert int(chosen) >= 1 and same == "True", "where one is used, the gradient has the stock kernels' bytes"
 
 
+WIDER_OUTPUTS = """
+import numpy as np
+from tinygrad import Tensor
+from explorer import fastpath
+assert fastpath.install() is None
+from explorer.fastpath import tiles
+tiles.DROP = float('inf')  # every candidate checked, however slow its first run
+real = tiles._fastest_identical
+tiles._fastest_identical = lambda *args: (lambda best, times: (max(times), times))(*real(*args))  # the last identical one
+def named(opts): return [(o.op.name, o.arg) for o in opts or []]
+offered, chosen, real_tune = [], [], tiles._tune
+def tune(kernel, asts, programs, best, times):
+  ups = [arg for op, arg in named(tiles.stock_kernel(kernel["s"]).applied_opts) if op == "UPCAST"]
+  if ups and not any(ups):  # the stock tile is whole small axes only
+    offered.append(any(("UPCAST", tiles.WIDER) in named(a.arg.opts_to_apply) for a in asts[1:]))
+    chosen.append(("UPCAST", tiles.WIDER) in named(asts[best].arg.opts_to_apply))
+  return real_tune(kernel, asts, programs, best, times)
+tiles._tune = tune
+rng = np.random.default_rng(0)
+x = Tensor(rng.standard_normal((32, 16, 14, 14), dtype=np.float32)).realize()
+w = Tensor(rng.standard_normal((32, 16, 3, 3), dtype=np.float32)).realize()
+def compute(): return x.conv2d(w, padding=1).relu().sum().gradient(w)[0].numpy()  # a CNN's second-layer weight gradient
+stock = compute()
+with tiles.fitting(): fitted = compute()
+print(len(offered), sum(offered), sum(chosen), stock.tobytes() == fitted.tobytes())
+"""
+
+
+def test_a_kernel_whose_stock_tile_is_a_3x3_window_is_offered_more_channels_at_once_and_keeps_its_bits(tmp_path):
+  r = run_with_cache(WIDER_OUTPUTS, tmp_path / "cache.db")
+  assert r.returncode == 0, r.stdout + r.stderr
+  kernels, offered, chosen, same = r.stdout.split()
+  assert int(kernels) >= 1 and offered == kernels, "the weight gradient's kernel is offered WIDER output channels at once"
+  assert int(chosen) >= 1 and same == "True", "where it is used, the gradient has the stock kernels' bytes"
+
+
 TWO_TUNERS = """
 import sys, time
 from pathlib import Path
