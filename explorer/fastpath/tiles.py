@@ -68,8 +68,9 @@ WIDER = 8  # outputs at once on a further axis where the stock tile is whole sma
 UNROLLED = 2  # the second round's tile: the stock's first two UPCASTs times this, its UNROLLs kept (_unrolled)
 # A kernel is tuned only where this command runs it long enough to pay the tuning back (fitting(calls)): its stock
 # program, timed once on one thread, times the calls planned, must reach PAYS_S. Tuning one costs about 0.5 s (the MLP
-# suite's first run: 25 kernels in 12.3 s, 9.7 of them lowering) and tuned kernels ran 30-90 % faster, so a kernel
-# whose planned calls take 2 s on one thread (1 s on two) gains back at least its tuning. A quick pass (--max-steps 3)
+# suite's first run: 25 kernels in 12.3 s, 9.7 of them lowering) and tuned kernels took 30-93 % less time (most over
+# half), so a kernel whose planned calls take 2 s on one thread (1 s on two) gains its tuning back where its tile
+# saves half its time. A quick pass (--max-steps 3)
 # or a short configuration (the MLP suite's 100 steps at batch 64) keeps the stock kernels: no verdict is stored, so a
 # longer command later tunes them.
 PAYS_S = 2.0
