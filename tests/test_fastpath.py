@@ -344,6 +344,38 @@ def test_a_kernel_run_too_briefly_to_pay_for_its_tuning_keeps_its_stock_tile_and
   assert counts.split() == ["0", "0", "1"], "now read from the cache"
 
 
+WIDE_TILE = """
+import sys
+import numpy as np
+from tinygrad import Tensor
+from explorer import fastpath
+assert fastpath.install() is None
+from explorer.fastpath import tiles
+rng = np.random.default_rng(4)
+a, b = (Tensor(rng.standard_normal(s, dtype=np.float32)).realize() for s in ((256, 512), (512, 256)))  # stock tile 4x4
+offered, real_tune = [], tiles._tune
+def tune(kernel, asts, programs, best, times):
+  offered.append(any(o.arg == 16 for a in asts[1:] for o in a.arg.opts_to_apply))
+  return real_tune(kernel, asts, programs, best, times)
+tiles._tune = tune
+stock = (a @ b).numpy()
+calls = None if sys.argv[1] == "unknown" else int(sys.argv[1])
+with tiles.fitting(calls): fitted = (a @ b).numpy()
+print(tiles.stats["tuned"], offered, stock.tobytes() == fitted.tobytes())
+"""
+
+
+def test_a_kernel_a_command_runs_long_is_offered_the_16x8_tile_once_even_after_a_shorter_command_tuned_it(tmp_path):
+  def run(calls: str) -> list[str]:
+    r = subprocess.run([sys.executable, "-c", WIDE_TILE, calls], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "DEV": "CPU", "CACHEDB": str(tmp_path / "cache.db")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout.split(None, 1)[0], r.stdout.split(None, 1)[1].strip()
+  assert run("unknown") == ("1", "[False] True"), "no plan: the usual candidates"
+  assert run("1000000") == ("1", "[True] True"), "a long command tunes it again, with the 16x8 tile, and keeps the bits"
+  assert run("1000000") == ("0", "[] True"), "once: its verdict says the 16x8 tile was considered"
+
+
 COLUMN_SUM = """
 import numpy as np
 from tinygrad import Tensor
