@@ -435,7 +435,11 @@ def test_where_the_stock_kernel_wins_a_second_round_tries_the_8x8_tile_with_its_
   assert [arg for op, arg in chosen if op == "UPCAST"][:2] == [2 * arg for op, arg in stock if op == "UPCAST"][:2], (stock, chosen)
 
 
-FEW_OUTPUTS = """
+def offered_and_chosen(applies: str, candidate: str, setup: str) -> str:
+  """A script that tunes the kernels of setup's compute() (every candidate checked, the last identical one chosen) and
+  prints: how many kernels `applies` to (an expression of their stock opts, `stock`), how many of those were offered
+  `candidate` (an (op, arg) pair), how many use it, and whether the result has the stock kernels' bytes."""
+  return f"""
 import numpy as np
 from tinygrad import Tensor
 from explorer import fastpath
@@ -447,63 +451,44 @@ tiles._fastest_identical = lambda *args: (lambda best, times: (max(times), times
 def named(opts): return [(o.op.name, o.arg) for o in opts or []]
 offered, chosen, real_tune = [], [], tiles._tune
 def tune(kernel, asts, programs, best, times):
-  if not any(op == "UPCAST" for op, _ in named(tiles.stock_kernel(kernel["s"]).applied_opts)):
-    offered.append(any(("UPCAST", tiles.FEW) in named(a.arg.opts_to_apply) for a in asts[1:]))
-    chosen.append(("UPCAST", tiles.FEW) in named(asts[best].arg.opts_to_apply))
+  stock = named(tiles.stock_kernel(kernel["s"]).applied_opts)
+  if {applies}:
+    offered.append(any({candidate} in named(a.arg.opts_to_apply) for a in asts[1:]))
+    chosen.append({candidate} in named(asts[best].arg.opts_to_apply))
   return real_tune(kernel, asts, programs, best, times)
 tiles._tune = tune
 rng = np.random.default_rng(0)
+{setup}
+stock = compute()
+with tiles.fitting(): fitted = compute()
+print(len(offered), sum(offered), sum(chosen), stock.tobytes() == fitted.tobytes())
+"""
+
+
+FEW_OUTPUTS = offered_and_chosen('not any(op == "UPCAST" for op, _ in stock)', '("UPCAST", tiles.FEW)', """
 x = Tensor(rng.standard_normal((128, 1, 28, 28), dtype=np.float32)).realize()
 w = Tensor(rng.standard_normal((16, 1, 3, 3), dtype=np.float32)).realize()
-def compute(): return x.conv2d(w, padding=1).relu().max_pool2d(2).sum().gradient(w)[0].numpy()  # a CNN's first-layer gradient
-stock = compute()
-with tiles.fitting(): fitted = compute()
-print(len(offered), sum(offered), sum(chosen), stock.tobytes() == fitted.tobytes())
-"""
+def compute(): return x.conv2d(w, padding=1).relu().max_pool2d(2).sum().gradient(w)[0].numpy()  # a CNN's first-layer gradient""")
 
 
-def test_a_kernel_the_stock_computes_one_output_at_a_time_is_offered_a_few_at_once_and_keeps_its_bits(tmp_path):
-  r = run_with_cache(FEW_OUTPUTS, tmp_path / "cache.db")
-  assert r.returncode == 0, r.stdout + r.stderr
-  kernels, offered, chosen, same = r.stdout.split()
-  assert int(kernels) >= 1 and offered == kernels, "every big kernel without an UPCAST is offered FEW outputs at once"
-  assert int(chosen) >= 1 and same == "True", "where one is used, the gradient has the stock kernels' bytes"
-
-
-WIDER_OUTPUTS = """
-import numpy as np
-from tinygrad import Tensor
-from explorer import fastpath
-assert fastpath.install() is None
-from explorer.fastpath import tiles
-tiles.DROP = float('inf')  # every candidate checked, however slow its first run
-real = tiles._fastest_identical
-tiles._fastest_identical = lambda *args: (lambda best, times: (max(times), times))(*real(*args))  # the last identical one
-def named(opts): return [(o.op.name, o.arg) for o in opts or []]
-offered, chosen, real_tune = [], [], tiles._tune
-def tune(kernel, asts, programs, best, times):
-  ups = [arg for op, arg in named(tiles.stock_kernel(kernel["s"]).applied_opts) if op == "UPCAST"]
-  if ups and not any(ups):  # the stock tile is whole small axes only
-    offered.append(any(("UPCAST", tiles.WIDER) in named(a.arg.opts_to_apply) for a in asts[1:]))
-    chosen.append(("UPCAST", tiles.WIDER) in named(asts[best].arg.opts_to_apply))
-  return real_tune(kernel, asts, programs, best, times)
-tiles._tune = tune
-rng = np.random.default_rng(0)
+# the stock tile is whole small axes only (UPCASTs of arg 0)
+WIDER_OUTPUTS = offered_and_chosen('[a for op, a in stock if op == "UPCAST"] and not any(a for op, a in stock if op == "UPCAST")',
+                                   '("UPCAST", tiles.WIDER)', """
 x = Tensor(rng.standard_normal((32, 16, 14, 14), dtype=np.float32)).realize()
 w = Tensor(rng.standard_normal((32, 16, 3, 3), dtype=np.float32)).realize()
-def compute(): return x.conv2d(w, padding=1).relu().sum().gradient(w)[0].numpy()  # a CNN's second-layer weight gradient
-stock = compute()
-with tiles.fitting(): fitted = compute()
-print(len(offered), sum(offered), sum(chosen), stock.tobytes() == fitted.tobytes())
-"""
+def compute(): return x.conv2d(w, padding=1).relu().sum().gradient(w)[0].numpy()  # a CNN's second-layer weight gradient""")
 
 
-def test_a_kernel_whose_stock_tile_is_a_3x3_window_is_offered_more_channels_at_once_and_keeps_its_bits(tmp_path):
-  r = run_with_cache(WIDER_OUTPUTS, tmp_path / "cache.db")
+@pytest.mark.parametrize("script, offer", [
+  (FEW_OUTPUTS, "every big kernel without an UPCAST (the 3x3 windows of a first layer's gradient) is offered FEW outputs at once"),
+  (WIDER_OUTPUTS, "a tile of whole small axes (a second layer's 3x3 weight gradient) is offered WIDER output channels at once")],
+  ids=["few", "wider"])
+def test_a_kernel_tinygrad_tiles_one_output_channel_at_a_time_is_offered_more_and_keeps_its_bits(tmp_path, script, offer):
+  r = run_with_cache(script, tmp_path / "cache.db")
   assert r.returncode == 0, r.stdout + r.stderr
   kernels, offered, chosen, same = r.stdout.split()
-  assert int(kernels) >= 1 and offered == kernels, "the weight gradient's kernel is offered WIDER output channels at once"
-  assert int(chosen) >= 1 and same == "True", "where it is used, the gradient has the stock kernels' bytes"
+  assert int(kernels) >= 1 and offered == kernels, offer
+  assert int(chosen) >= 1 and same == "True", "where one is used, the gradient has the stock kernels' bytes"
 
 
 TWO_TUNERS = """
