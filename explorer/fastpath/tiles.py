@@ -4,20 +4,20 @@ tinygrad's hand-coded optimizations give a big matmul or convolution kernel a 4x
 output axes) and unroll its reduce by 4. With loads of 8 floats (wide_loads.py) an 8x8 tile runs its multiply-adds in
 256-bit registers: on this machine the MLP suite's matmuls ran 1.6-3.7x faster on one thread. Most convolutions gain
 nothing (bench/README.md). So each big reduce kernel (at least MIN_OPS multiply-adds) of a step the explorer compiles
-is lowered as its candidates, in tinygrad's compile pool: the stock kernel, and the first of ROLLED that fits without the
-stock's UNROLLs: the 8x8 tile with its reduce rolled (clang then keeps the 64 sums in registers), or the rolled 4x4
-where the 8x8 does not fit; where the stock tile is only whole small axes (a weight gradient's 3x3 window), that
+is lowered as its candidates, in tinygrad's compile pool: the stock kernel, and the first of ROLLED that fits without
+the stock's UNROLLs: the 8x8 tile with its reduce rolled (clang then keeps the 64 sums in registers), or the rolled
+4x4 where the 8x8 does not fit; where the stock tile is only whole small axes (a weight gradient's 3x3 window), that
 window for WIDER output channels at once; for a kernel the command runs for long (WIDE_PAYS_S), also the rolled 16x8
-(a kernel tuned before without it is tuned again once, when such a command comes). Each runs on the same random inputs (standard normals, values that tie, and each float
-input made loud in turn: _random_starts); a candidate that wrote exactly the bytes the stock kernel wrote every time
-is timed against it on one thread, alternately, best of ROUNDS (one over DROP x the other after the first round is not
-timed again), and the faster is used. Where the stock kernel wins, a second round (again all of a step's kernels at
-once) tries the 8x8 tile with the stock's unrolled reduce kept (_unrolled). (A bigger tile only changes which outputs
-one loop iteration computes, not the order of each output's sum; the check catches the rolled reduces whose order does
-change, as in a padded 3x3 convolution, and those where clang fuses into an FMA a product the stock kernel rounds
-first.) A column sum (one reduce axis, no UPCAST in the stock opts: tinygrad sums one output at a time) from
-ROW_MIN_OPS adds also gets ROW outputs at once as a candidate (the only one below MIN_OPS); another big kernel without
-any UPCAST in the stock opts, FEW outputs at once.
+(a kernel tuned before without it is tuned again once, when such a command comes). Each runs on the same random inputs
+(standard normals, values that tie, and each float input made loud in turn: _random_starts); a candidate that wrote
+exactly the bytes the stock kernel wrote every time is timed against it on one thread, alternately, best of ROUNDS
+(one over DROP x the other after the first round is not timed again), and the faster is used. Where the stock kernel
+wins, a second round (again all of a step's kernels at once) tries the 8x8 tile with the stock's unrolled reduce kept
+(_unrolled). (A bigger tile only changes which outputs one loop iteration computes, not the order of each output's
+sum; the check catches the rolled reduces whose order does change, as in a padded 3x3 convolution, and those where
+clang fuses into an FMA a product the stock kernel rounds first.) A column sum (one reduce axis, no UPCAST in the
+stock opts: tinygrad sums one output at a time) from ROW_MIN_OPS adds also gets ROW outputs at once as a candidate
+(the only one below MIN_OPS); another big kernel without any UPCAST in the stock opts, FEW outputs at once.
 
 Only kernels the command runs long enough to pay the tuning back are tuned, where the runs it plans are known
 (fitting(calls): the CLI's Trainer.plan): each one's stock program is lowered and timed once first, and one whose
@@ -71,9 +71,8 @@ UNROLLED = 2  # the second round's tile: the stock's first two UPCASTs times thi
 # program, timed once on one thread, times the calls planned, must reach PAYS_S. Tuning one costs about 0.5 s (the MLP
 # suite's first run: 25 kernels in 12.3 s, 9.7 of them lowering) and tuned kernels took 30-93 % less time (most over
 # half), so a kernel whose planned calls take 2 s on one thread (1 s on two) gains its tuning back where its tile
-# saves half its time. A quick pass (--max-steps 3)
-# or a short configuration (the MLP suite's 100 steps at batch 64) keeps the stock kernels: no verdict is stored, so a
-# longer command later tunes them.
+# saves half its time. A quick pass (--max-steps 3) or a short configuration (the MLP suite's 100 steps at batch 64)
+# keeps the stock kernels: no verdict is stored, so a longer command later tunes them.
 PAYS_S = 2.0
 # A kernel whose planned calls take WIDE_PAYS_S on one thread also gets the 16x8 tile (WIDE: the stock's first UPCAST
 # times 4 and its second times 2, else the other way round) as a candidate. It lowers at about twice the 8x8's cost
