@@ -358,22 +358,25 @@ def tune(kernel, asts, programs, best, times):
   offered.append(any(o.arg == 16 for a in asts[1:] for o in a.arg.opts_to_apply))
   return real_tune(kernel, asts, programs, best, times)
 tiles._tune = tune
-stock = (a @ b).numpy()
+x, w = Tensor(rng.standard_normal((64, 16, 14, 14), dtype=np.float32)).realize(), Tensor(rng.standard_normal((32, 16, 3, 3), dtype=np.float32)).realize()
+def compute(): return (a @ b).numpy() if sys.argv[2] == "matmul" else x.conv2d(w, padding=1).numpy()
+stock = compute()
 calls = None if sys.argv[1] == "unknown" else int(sys.argv[1])
-with tiles.fitting(calls): fitted = (a @ b).numpy()
+with tiles.fitting(calls): fitted = compute()
 print(tiles.stats["tuned"], offered, stock.tobytes() == fitted.tobytes())
 """
 
 
-def test_a_kernel_a_command_runs_long_is_offered_the_16x8_tile_once_even_after_a_shorter_command_tuned_it(tmp_path):
-  def run(calls: str) -> list[str]:
-    r = subprocess.run([sys.executable, "-c", WIDE_TILE, calls], cwd=ROOT, capture_output=True, text=True, timeout=300,
+def test_a_matmul_a_command_runs_long_is_offered_the_16x8_tile_once_even_after_a_shorter_command_tuned_it(tmp_path):
+  def run(calls: str, kind: str = "matmul") -> list[str]:
+    r = subprocess.run([sys.executable, "-c", WIDE_TILE, calls, kind], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "DEV": "CPU", "CACHEDB": str(tmp_path / "cache.db")})
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout.split(None, 1)[0], r.stdout.split(None, 1)[1].strip()
   assert run("unknown") == ("1", "[False] True"), "no plan: the usual candidates"
   assert run("1000000") == ("1", "[True] True"), "a long command tunes it again, with the 16x8 tile, and keeps the bits"
   assert run("1000000") == ("0", "[] True"), "once: its verdict says the 16x8 tile was considered"
+  assert run("1000000", "conv") == ("1", "[False] True"), "a convolution, however long, is not offered it"
 
 
 COLUMN_SUM = """

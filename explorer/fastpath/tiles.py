@@ -7,7 +7,7 @@ nothing (bench/README.md). So each big reduce kernel (at least MIN_OPS multiply-
 is lowered as its candidates, in tinygrad's compile pool: the stock kernel, and the first of ROLLED that fits without
 the stock's UNROLLs: the 8x8 tile with its reduce rolled (clang then keeps the 64 sums in registers), or the rolled
 4x4 where the 8x8 does not fit; where the stock tile is only whole small axes (a weight gradient's 3x3 window), that
-window for WIDER output channels at once; for a kernel the command runs for long (WIDE_PAYS_S), also the rolled 16x8
+window for WIDER output channels at once; for a matmul the command runs for long (WIDE_PAYS_S), also the rolled 16x8
 (a kernel tuned before without it is tuned again once, when such a command comes). Each runs on the same random inputs
 (standard normals, values that tie, and each float input made loud in turn: _random_starts); a candidate that wrote
 exactly the bytes the stock kernel wrote every time is timed against it on one thread, alternately, best of ROUNDS
@@ -74,10 +74,12 @@ UNROLLED = 2  # the second round's tile: the stock's first two UPCASTs times thi
 # saves half its time. A quick pass (--max-steps 3) or a short configuration (the MLP suite's 100 steps at batch 64)
 # keeps the stock kernels: no verdict is stored, so a longer command later tunes them.
 PAYS_S = 2.0
-# A kernel whose planned calls take WIDE_PAYS_S on one thread also gets the 16x8 tile (WIDE: the stock's first UPCAST
-# times 4 and its second times 2, else the other way round) as a candidate. It lowers at about twice the 8x8's cost
-# (1.0-1.2 s against 0.55-0.64), and on the MLP's kernels it took 20-37 % less time than the 8x8: the batch-128 weight
-# gradients 1.75 -> 1.14 and 1.14 -> 0.73 ms, the first layer's forward 1.42 -> 1.17 ms, one thread.
+# A matmul (one reduce axis) whose planned calls take WIDE_PAYS_S on one thread also gets the 16x8 tile (WIDE: the
+# stock's first UPCAST times 4 and its second times 2, else the other way round) as a candidate. It lowers at about
+# twice the 8x8's cost (1.0-1.2 s against 0.55-0.64), and on the MLP's kernels it took 20-37 % less time than the 8x8:
+# the batch-128 weight gradients 1.75 -> 1.14 and 1.14 -> 0.73 ms, the first layer's forward 1.42 -> 1.17 ms, one
+# thread. On the CNN's convolution kernels it lost 7 times of 8 and doubled a new machine's first CNN study's tuning
+# (36.1 -> 71.2 s), so convolutions do not get it.
 WIDE = ((4, 2), (2, 4))
 WIDE_PAYS_S = 10.0
 TABLE = "explorer_tiles14"  # a new name tunes every kernel again: for new candidates (dropping one needs none)
@@ -137,7 +139,7 @@ def _fitted(calls) -> dict:
   verdicts, todo = {}, {}
   for c in calls:
     if (kernel := _big_reduce(c)) is None: continue
-    if (verdict := _cached_verdict(kernel)) is not None and not _widens(verdict): verdicts[c] = verdict
+    if (verdict := _cached_verdict(kernel)) is not None and not _widens(verdict, kernel): verdicts[c] = verdict
     elif verdict is None and _calls is not None and _calls * _stock_s.get(repr(kernel["key"]), PAYS_S) < PAYS_S: continue  # still too brief
     else: todo.setdefault(repr(kernel["key"]), (kernel, []))[1].append(c)  # the same kernel twice: tuned once
   if todo:
@@ -145,7 +147,7 @@ def _fitted(calls) -> dict:
     with _one_tuner():
       t0 = time.perf_counter()  # the notice's seconds: tuning, not waiting for another process's
       for key, (kernel, same_calls) in list(todo.items()):  # tuned by another process while this one waited
-        if (verdict := _cached_verdict(kernel)) is not None and not _widens(verdict):
+        if (verdict := _cached_verdict(kernel)) is not None and not _widens(verdict, kernel):
           verdicts.update(dict.fromkeys(same_calls, verdict))
           del todo[key]
       _tune_all(todo, verdicts)
@@ -153,10 +155,15 @@ def _fitted(calls) -> dict:
   return {c: _fixed(c.src[0], v["opts"]) for c, v in verdicts.items() if v["opts"] is not None}
 
 
-def _widens(verdict: dict) -> bool:
-  """Whether a kernel tuned without the 16x8 candidate runs long enough in this command to be tuned again with it
+def _widens(verdict: dict, kernel) -> bool:
+  """Whether a matmul tuned without the 16x8 candidate runs long enough in this command to be tuned again with it
   (once: the new verdict says it was considered)."""
-  return not verdict.get("wide") and _calls is not None and _calls * (verdict.get("stock_s") or 0.0) >= WIDE_PAYS_S
+  return not verdict.get("wide") and _wide_enough(kernel, verdict.get("stock_s") or 0.0)
+
+
+def _wide_enough(kernel, stock_s: float) -> bool:
+  """Whether the 16x8 tile is a candidate: a matmul (one reduce axis) whose planned calls take WIDE_PAYS_S."""
+  return _calls is not None and _calls * stock_s >= WIDE_PAYS_S and sum(t is AxisType.REDUCE for t in kernel["s"].axis_types) == 1
 
 
 def _cached_verdict(kernel) -> dict | None:
@@ -196,7 +203,7 @@ def _tune_all(todo: dict, verdicts: dict) -> None:
     _keep(kernels[k]["ast"], kernels[k]["ren"], programs[k, 0])
     stats["brief"] += 1
     _since_notice[2] += 1
-  wide = {k for k in tuned if _calls is not None and _calls * _stock_s[repr(kernels[k]["key"])] >= WIDE_PAYS_S}
+  wide = {k for k in tuned if _wide_enough(kernels[k], _stock_s.get(repr(kernels[k]["key"]), 0.0))}
   candidates = {k: _candidates(kernels[k], k in wide) for k in tuned}
   programs.update(_lowered({(k, i): (ast, kernels[k]["ren"]) for k in tuned for i, ast in enumerate(candidates[k]) if (k, i) not in programs}))
   def lowered(k: int) -> dict: return {i: programs[k, i] for i in range(len(candidates[k])) if (k, i) in programs}
