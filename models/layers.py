@@ -3,7 +3,7 @@
 from __future__ import annotations
 import math
 import numpy as np
-from tinygrad import Tensor, dtypes
+from tinygrad import Tensor, dtypes, function
 from explorer.fastpath import fill  # writes into a tensor's buffer in place
 
 
@@ -43,6 +43,7 @@ def features_last(weight: Tensor) -> Tensor: return weight.T.contiguous()
 class Conv2d:
   def __init__(self, c_in: int, c_out: int, kernel: int):
     self.weight, self.bias, self.padding = _param(c_out, c_in, kernel, kernel), _param(c_out), kernel // 2
+    self.convolve = convolution(kernel, self.padding)
 
   def reset(self, rng: np.random.Generator) -> None:
     bound = 1 / math.sqrt(math.prod(self.weight.shape[1:]))
@@ -53,10 +54,50 @@ class Conv2d:
     # the kernel reads a copy with the output channels last (a 4,608-float copy per step for the default CNN): tinygrad
     # then loads several output channels' weights at once, and the convolution ran about 2x faster on the CPU. Only
     # where the weights sit in memory changes, not a sum's order: the same bits (tests/test_train.py)
-    return x.conv2d(channels_last(self.weight).permute(3, 0, 1, 2), self.bias, padding=self.padding)
+    return self.convolve(x, self.weight) + self.bias.reshape(1, -1, 1, 1)
 
 
 def channels_last(weight: Tensor) -> Tensor: return weight.permute(1, 2, 3, 0).contiguous()
+
+
+def convolution(kernel: int, padding: int):
+  """A stride-1 convolution without bias: tinygrad's conv2d (through the channels-last copy) forward and for the
+  weights' gradient, with the input's gradient formed as a sum over the kernel's real taps (tinygrad's grad_fxn).
+
+  tinygrad forms the windows by repeating the padded map ceil(k(s+1)/s) times along each side and reshaping, so its
+  input gradient sums each pixel of the padded map over that many repeats squared, most of them masked zeros: for the default
+  CNN's second layer (3x3 over 14x14) 4x4 repeats over 16x16 pixels, 2.3x the multiply-adds. Here each pixel sums
+  the same products: per tap (kh, kw), the sum over output channels in order, then the taps' sums in order, as
+  tinygrad's kernel does. That kernel took 23.8 ms of a batch-128 step's 55.0 on one thread of this CPU, this one
+  6.8 of 36.4 (bench/experiments_kernels.py cnn 128, EXPLORER_THREADS=1). The same bits for 3x3 and 5x5 kernels
+  over 28x28 and 14x14 maps; where tinygrad's kernel adds a row of taps together first (7x7 maps, 1x1 kernels) the
+  last bits can differ (tests/test_train.py)."""
+  def forward(x: Tensor, weight: Tensor) -> Tensor: return x.conv2d(channels_last(weight).permute(3, 0, 1, 2), padding=padding)
+
+  def gradients(grad, call):  # tinygrad's grad_fxn: the output's gradient and the call, whose sources are (x, weight)
+    x, weight, g = Tensor(call.src[1]), Tensor(call.src[2]), Tensor(grad)
+    return input_gradient(g, weight, kernel, padding).uop, forward(x, weight).gradient(weight, gradient=g)[0].uop
+  return function(forward, grad_fxn=gradients)
+
+
+def input_gradient(g: Tensor, weight: Tensor, kernel: int, padding: int) -> Tensor:
+  """dx[b, i, m, n] = sum over taps (kh, kw) of [sum over o of g[b, o, m + padding - kh, n + padding - kw] * w[o, i, kh, kw]]."""
+  (b, c_out, _, _), c_in, edge = g.shape, weight.shape[1], kernel - 1 - padding
+  gp = g.pad(((0, 0), (0, 0), (edge, edge), (edge, edge)))
+  h, w = gp.shape[2] - kernel + 1, gp.shape[3] - kernel + 1
+  # the k x k windows of the padded gradient, flipped so that tap (kh, kw) reads g at (m + padding - kh, n + padding - kw)
+  taps = windows(gp, kernel).flip(4, 5).reshape(b, 1, c_out, h, w, kernel, kernel).permute(0, 1, 3, 4, 5, 6, 2)
+  inputs_last = weight.permute(0, 2, 3, 1).contiguous()  # (o, kh, kw, i): 8 input channels' weights in one load
+  per_tap = (taps * inputs_last.permute(3, 1, 2, 0).reshape(1, c_in, 1, 1, kernel, kernel, c_out)).sum(-1)
+  return per_tap.sum((-2, -1)).contiguous()
+
+
+def windows(x: Tensor, k: int) -> Tensor:
+  """(n, c, H, W) -> (n, c, H-k+1, W-k+1, k, k), stride 1: each row and column copied k times, shifted by one each."""
+  n, c, h, w = x.shape
+  x = x.reshape(n, c, 1, h, 1, w).expand(n, c, k, h, k, w).reshape(n, c, k * h, k * w)
+  x = x.pad(((0, 0), (0, 0), (0, k), (0, k))).reshape(n, c, k, h + 1, k, w + 1)[:, :, :, :h - k + 1, :, :w - k + 1]
+  return x.permute(0, 1, 3, 5, 2, 4)
 
 
 class Norm:
