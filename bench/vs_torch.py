@@ -89,6 +89,8 @@ def parse_args(argv):
                  help="each explorer command with an empty tinygrad cache of its own: a new machine's first run (tiles tuned, "
                       "every kernel compiled; with the fast way, BEAM's search: minutes)")
   p.add_argument("--logs", help="keep each command's output in this folder (<model>-<way>-<run>.log)")
+  p.add_argument("--keep-results", help="keep each explorer command's results folder in this folder (<model>-<way>-<run>/), "
+                 "to compare its records with another commit's")
   p.add_argument("--config", default=str(ROOT / "experiments.toml"), help="experiments file (default experiments.toml)")
   p.add_argument("--data-dir", default=os.environ.get("DATA_DIR"), help="MNIST IDX folder (env DATA_DIR; default: where the explorer looks)")
   args = p.parse_args(argv)
@@ -98,7 +100,8 @@ def parse_args(argv):
   if args.max_steps is not None and args.max_steps < 1: p.error("--max-steps must be >= 1")
   if args.repeat < 1: p.error("--repeat must be >= 1")
   if args.torch_threads < 1: p.error("--torch-threads must be >= 1")
-  if args.logs: Path(args.logs).mkdir(parents=True, exist_ok=True)
+  for folder in (args.logs, args.keep_results):
+    if folder: Path(folder).mkdir(parents=True, exist_ok=True)
   return args
 
 
@@ -114,6 +117,7 @@ def main(argv=None) -> int:
         print(f"# run {rep + 1}/{args.repeat}: {command_text(way, args.model)} ...", file=sys.stderr, flush=True)
         wall, acc, infos[way] = torch_way(args, Path(tmp)) if way == TORCH else explorer_way(way, args, Path(tmp))
         if args.logs: shutil.copy(Path(tmp) / "output.log", Path(args.logs) / f"{args.model}-{way}-{rep + 1}.log")
+        if args.keep_results and way != TORCH: shutil.copytree(Path(tmp) / "results", Path(args.keep_results) / f"{args.model}-{way}-{rep + 1}")
       walls[way].append(wall)
       accs[way].append(acc)
       print(f"#   {wall:.1f} s, {len(acc)}/{len(specs)} configurations finished", file=sys.stderr, flush=True)

@@ -44,11 +44,14 @@ def test_vs_torch_table(data_dir, tmp_path):
   config = tmp_path / "suite.toml"
   config.write_text('[mlp]\n[mlp.defaults]\nwidth = 32\nsteps = 4\n\n[[mlp.runs]]\nname = "a"\n\n[[mlp.runs]]\nname = "b"\nlr_max = 2e-3\n')
   r = subprocess.run([sys.executable, str(ROOT / "bench" / "vs_torch.py"), "--model", "mlp", "--max-steps", "2", "--ways", "main",
-                      "--config", str(config), "--data-dir", str(data_dir), "--logs", str(tmp_path / "logs")],
+                      "--config", str(config), "--data-dir", str(data_dir), "--logs", str(tmp_path / "logs"),
+                      "--keep-results", str(tmp_path / "kept")],
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "2 configurations, 4 steps, every configuration capped at 2 steps" in r.stdout
   assert "test" in (tmp_path / "logs" / "mlp-torch-1.log").read_text() and "2 trained" in (tmp_path / "logs" / "mlp-main-1.log").read_text()
+  assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["mlp-main-1"]  # the explorer's results folder, not the script's
+  assert len(list((tmp_path / "kept" / "mlp-main-1" / "runs").rglob("*.json"))) >= 2
   rows = {line.split(" | ")[0]: line for line in r.stdout.splitlines() if line.startswith("| ") and "---" not in line}
   torch_row = next(v for k, v in rows.items() if "PyTorch script" in k)
   main_row = rows["| `JIT=1 python mnist_explorer.py mlp`"]
@@ -66,7 +69,8 @@ def test_vs_torch_fresh_cache_gives_every_explorer_command_a_new_machines_first_
   config.write_text('[mlp]\n[mlp.defaults]\nwidth = 32\nsteps = 1\n\n[[mlp.runs]]\nname = "a"\n')
   machine_cache = tmp_path / "machine-cache.db"
   r = subprocess.run([sys.executable, str(ROOT / "bench" / "vs_torch.py"), "--model", "mlp", "--ways", "main", "--fresh-cache",
-                      "--config", str(config), "--data-dir", str(data_dir), "--logs", str(tmp_path / "logs")],
+                      "--config", str(config), "--data-dir", str(data_dir), "--logs", str(tmp_path / "logs"),
+                      "--keep-results", str(tmp_path / "kept")],
                      cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "CACHEDB": str(machine_cache)})
   assert r.returncode == 0, r.stderr[-3000:]
   assert "the explorer's with an empty tinygrad cache (`--fresh-cache`" in r.stdout
