@@ -65,9 +65,9 @@ def convolution(kernel: int, padding: int):
   weights' gradient, with the input's gradient formed as a sum over the kernel's real taps (tinygrad's grad_fxn).
 
   tinygrad forms the windows by repeating the padded map ceil(k(s+1)/s) times along each side and reshaping, so its
-  input gradient sums each pixel of the padded map over that many repeats squared, most of them masked zeros: for the default
-  CNN's second layer (3x3 over 14x14) 4x4 repeats over 16x16 pixels, 2.3x the multiply-adds. Here each pixel sums
-  the same products: per tap (kh, kw), the sum over output channels in order, then the taps' sums in order, as
+  input gradient sums each pixel of the padded map over that many repeats squared, most of them masked zeros: for the
+  default CNN's second layer (3x3 over 14x14) 4x4 repeats over 16x16 pixels, 2.3x the multiply-adds. Here each pixel
+  sums the same products: per tap (kh, kw), the sum over output channels in order, then the taps' sums in order, as
   tinygrad's kernel does. That kernel took 23.8 ms of a batch-128 step's 55.0 on one thread of this CPU, this one
   6.8 of 36.4 (bench/experiments_kernels.py cnn 128, EXPLORER_THREADS=1): the same bits, for kernels of 3x3 to 9x9
   over 28x28 and 14x14 maps. Over smaller maps tinygrad's kernel adds each row of taps together before its running
@@ -75,11 +75,14 @@ def convolution(kernel: int, padding: int):
   last bits, so those layers keep tinygrad's own gradient (tests/test_train.py)."""
   def forward(x: Tensor, weight: Tensor) -> Tensor: return x.conv2d(channels_last(weight).permute(3, 0, 1, 2), padding=padding)
 
-  def gradients(grad, call):  # tinygrad's grad_fxn: the output's gradient and the call, whose sources are (x, weight)
-    x, weight, g = Tensor(call.src[1]), Tensor(call.src[2]), Tensor(grad)
-    return input_gradient(g, weight, kernel, padding).uop, forward(x, weight).gradient(weight, gradient=g)[0].uop
-  by_taps = function(forward, grad_fxn=gradients)
-  return lambda x, weight: by_taps(x, weight) if kernel > 1 and min(x.shape[2:]) >= 14 else forward(x, weight)
+  def convolve(x: Tensor, weight: Tensor) -> Tensor:
+    if kernel == 1 or min(x.shape[2:]) < 14: return forward(x, weight)
+
+    def gradients(grad, _call):  # tinygrad's grad_fxn: the output's gradient in, the gradients of (x, weight) out
+      g = Tensor(grad)
+      return input_gradient(g, weight, kernel, padding).uop, forward(x, weight).gradient(weight, gradient=g)[0].uop
+    return function(forward, grad_fxn=gradients)(x, weight)
+  return convolve
 
 
 def input_gradient(g: Tensor, weight: Tensor, kernel: int, padding: int) -> Tensor:
