@@ -80,9 +80,19 @@ def convolution(kernel: int, padding: int):
 
     def gradients(grad, _call):  # tinygrad's grad_fxn: the output's gradient in, the gradients of (x, weight) out
       g = Tensor(grad)
-      return input_gradient(g, weight, kernel, padding).uop, forward(x, weight).gradient(weight, gradient=g)[0].uop
+      return input_gradient(g, weight, kernel, padding).uop, weight_gradient(x, weight, g, padding).uop
     return function(forward, grad_fxn=gradients)(x, weight)
   return convolve
+
+
+def weight_gradient(x: Tensor, weight: Tensor, g: Tensor, padding: int) -> Tensor:
+  """tinygrad's gradient of conv2d for the weights. For a layer of one input channel (the image) the input is padded
+  once in memory first, so that the kernel reads its zeros instead of testing each tap's bounds: the same products
+  in the same order, and the default CNN's first layer's weight gradient took 2.5-2.8 ms instead of 4.1-6.2 on one
+  thread of this CPU. With more input channels tinygrad tiled the padded form worse (its second layer: 17.4-21.5 ms
+  instead of 11.4-13.8, the same noisy hour), so those read the input as it is."""
+  if x.shape[1] == 1: x, padding = x.pad(((0, 0), (0, 0), (padding, padding), (padding, padding))).contiguous(), 0
+  return x.conv2d(channels_last(weight).permute(3, 0, 1, 2), padding=padding).gradient(weight, gradient=g)[0]
 
 
 def input_gradient(g: Tensor, weight: Tensor, kernel: int, padding: int) -> Tensor:

@@ -227,7 +227,7 @@ def conv_and_stock(c_in: int, c_out: int, kernel: int, size: int, batch: int = 8
   return results[0], results[1]
 
 
-@pytest.mark.parametrize("kernel,size,c_in,c_out", [(3, 14, 16, 32), (3, 28, 4, 16), (5, 14, 8, 16), (9, 28, 4, 8),
+@pytest.mark.parametrize("kernel,size,c_in,c_out", [(3, 14, 16, 32), (3, 28, 1, 16), (3, 28, 4, 16), (5, 14, 8, 16), (9, 28, 4, 8),
                                                    (3, 7, 8, 16), (1, 14, 8, 16)])
 def test_a_convolution_is_tinygrads_own_bit_for_bit(kernel, size, c_in, c_out):
   """Conv2d reads its weights through a copy with the output channels last and forms its input's gradient over the
