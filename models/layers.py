@@ -88,8 +88,8 @@ def convolution(kernel: int, padding: int):
 def weight_gradient(x: Tensor, weight: Tensor, g: Tensor, padding: int) -> Tensor:
   """tinygrad's gradient of conv2d for the weights. For a layer of one input channel (the image) the input is padded
   once in memory first, so that the kernel reads its zeros instead of testing each tap's bounds: the same products
-  in the same order, and the default CNN's first layer's weight gradient took 2.5-2.8 ms instead of 4.1-6.2 on one
-  thread of this CPU. With more input channels tinygrad tiled the padded form worse (its second layer: 17.4-21.5 ms
+  in the same order, and the default CNN's first layer's weight gradient took 2.4-2.5 ms instead of 5.1-5.2 on one
+  thread of this CPU. With more input channels tinygrad tiled the padded form worse (its second layer: 18.9-21.5 ms
   instead of 11.4-13.8, the same noisy hour), so those read the input as it is."""
   if x.shape[1] == 1: x, padding = x.pad(((0, 0), (0, 0), (padding, padding), (padding, padding))).contiguous(), 0
   return x.conv2d(channels_last(weight).permute(3, 0, 1, 2), padding=padding).gradient(weight, gradient=g)[0]
@@ -104,6 +104,7 @@ def input_gradient(g: Tensor, weight: Tensor, kernel: int, padding: int) -> Tens
   taps = windows(gp, kernel).flip(4, 5).reshape(b, 1, c_out, h, w, kernel, kernel).permute(0, 1, 3, 4, 5, 6, 2)
   inputs_last = weight.permute(0, 2, 3, 1).contiguous()  # (o, kh, kw, i): 8 input channels' weights in one load
   per_tap = (taps * inputs_last.permute(3, 1, 2, 0).reshape(1, c_in, 1, 1, kernel, kernel, c_out)).sum(-1)
+  # contiguous: else tinygrad stores the per-tap sums (3.6M floats here) and adds them in a second kernel (50 ms, not 6.8)
   return per_tap.sum((-2, -1)).contiguous()
 
 
