@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The default CNN's second convolution (batch 128, 16 -> 32 channels, 14x14, 3x3, padding 1), forward and both
 gradients in one compiled step, two ways in one process: tinygrad's conv2d on the weights as they are, and the
-explorer's Conv2d (models/layers.py: the weights through a copy with the output channels last). Prints the step's
+explorer's Conv2d (models/layers.py: the weights through a copy with the output channels last, and since commit
+3ee982a the input's gradient summed over the kernel's real taps). Prints the step's
 median time (the two ways in turns, ROUNDS rounds), each kernel's time on the last call (tinygrad's DEBUG=2 lines), and whether all three results match bit
 for bit. On the CPU fast path with its fitted tiles, as the product runs.
 
